@@ -1,0 +1,3 @@
+from noisycorr.cli.main import main
+
+raise SystemExit(main())

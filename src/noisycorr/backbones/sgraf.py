@@ -1,0 +1,267 @@
+"""SGRAF backbone (Diao et al., "Similarity Reasoning and Filtration for Image-Text Matching", AAAI 2021),
+the shared backbone of NCR, DECL, RCL, BiCro, MSCN and L2RM.
+
+Images are L2-normalised region vectors, captions L2-normalised BiGRU word vectors. For every
+(image, caption) pair the score is built from similarity *vectors*:
+- a global one, from self-attended image and caption vectors: ``l2norm(W_glo (img_glo - cap_glo)^2)``;
+- one per word, from text-to-image attention (SCAN, smoothing lambda):
+  ``l2norm(W_loc (attended_regions - word)^2)``.
+The head reasons over these nodes -- SGR: a few steps of graph reasoning, read the global node; SAF:
+attention filtration (weighted sum) -- and ``sigmoid(Linear)`` gives a score in (0, 1).
+
+Unlike the research code, which loops over captions, a whole (images x captions) block is one batched
+computation with padded words masked. Memory per block is dominated by a few tensors of
+``n_img * n_txt * L * embed_size`` floats; ``chunk_elems`` bounds that product, so ``similarity`` splits
+large requests into sub-blocks (captions grouped by length, so short captions carry little padding).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisycorr.backbones.base import Backbone
+from noisycorr.backbones.ops import l1norm, l2norm, length_mask, masked_batch_norm, masked_mean, xavier_linear_
+from noisycorr.backbones.text import BiGRUTextEncoder, check_lengths
+from noisycorr.errors import InputError
+from noisycorr.registry import register_backbone
+
+__all__ = ["SGRAF", "GlobalSelfAttention", "GraphReasoning", "AttentionFiltration"]
+
+_HEADS = ("sgr", "saf")
+# Default sub-block bounds (elements of n_img * n_txt * L * embed): CPU caches favour small blocks,
+# GPUs favour large ones. Sub-blocks hold at least this many captions when memory allows.
+_DEFAULT_CHUNK = {"cpu": 2**22, "cuda": 2**25}
+_MIN_CAPTIONS = 8
+
+
+class GlobalSelfAttention(nn.Module):
+    """Attention pooling of local vectors against their mean (SGRAF's VisualSA / TextSA), then L2-norm.
+
+    Args:
+        dim: feature size.
+        dropout: dropout after each tanh.
+        num_positions: with a value, batch norm is applied (VisualSA): over the ``num_positions`` region
+            slots for the local branch, over channels for the global branch. None: no batch norm (TextSA).
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.0, num_positions: int | None = None):
+        super().__init__()
+        self.local = xavier_linear_(nn.Linear(dim, dim))
+        self.glob = xavier_linear_(nn.Linear(dim, dim))
+        self.common = xavier_linear_(nn.Linear(dim, 1))
+        self.local_bn = nn.BatchNorm1d(num_positions) if num_positions else None
+        self.glob_bn = nn.BatchNorm1d(dim) if num_positions else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, local: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, N, d) local vectors, optional (B, N) validity mask -> (B, d) unit vectors."""
+        mean = local.mean(1) if mask is None else masked_mean(local, mask)
+        loc, glo = self.local(local), self.glob(mean)
+        if self.local_bn is not None:
+            loc, glo = self.local_bn(loc), self.glob_bn(glo)
+        loc, glo = self.dropout(torch.tanh(loc)), self.dropout(torch.tanh(glo))
+        scores = self.common(loc * glo.unsqueeze(1)).squeeze(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return l2norm((weights.unsqueeze(-1) * local).sum(1), dim=-1)
+
+
+class GraphReasoning(nn.Module):
+    """One step of similarity graph reasoning: ``x <- ReLU(W_g softmax(W_q x (W_k x)^T) x)``."""
+
+    def __init__(self, sim_dim: int):
+        super().__init__()
+        self.query = xavier_linear_(nn.Linear(sim_dim, sim_dim))
+        self.key = xavier_linear_(nn.Linear(sim_dim, sim_dim))
+        self.update = xavier_linear_(nn.Linear(sim_dim, sim_dim))
+
+    def forward(self, nodes: Tensor, key_mask: Tensor, first_only: bool = False) -> Tensor:
+        """Update the nodes of many graphs at once.
+
+        Args:
+            nodes: (..., N, s) node vectors.
+            key_mask: bool, broadcastable to (..., 1, N); False nodes (padding) receive no attention.
+            first_only: update only node 0 (enough before the read-out), returning (..., 1, s).
+        """
+        queries = nodes[..., :1, :] if first_only else nodes
+        # The softmax over keys drops terms that are constant per query, so
+        # (W_q x_i + b_q) . (W_k x_j + b_k) acts as (W_k^T (W_q x_i + b_q)) . x_j: one (s x s) map on the
+        # queries replaces both projections, and b_k has no effect (as in the original formula).
+        merged_weight = self.key.weight.t() @ self.query.weight
+        merged_bias = self.key.weight.t() @ self.query.bias
+        edges = F.linear(queries, merged_weight, merged_bias) @ nodes.transpose(-1, -2)
+        edges = torch.softmax(edges.masked_fill(~key_mask, float("-inf")), dim=-1)
+        return F.relu(self.update(edges @ nodes))
+
+
+class AttentionFiltration(nn.Module):
+    """SAF: ``a = l1norm(sigmoid(BN(W x)))`` over the valid nodes, output ``l2norm(sum_n a_n x_n)``."""
+
+    def __init__(self, sim_dim: int):
+        super().__init__()
+        self.attn = xavier_linear_(nn.Linear(sim_dim, 1))
+        self.bn = nn.BatchNorm1d(1)
+
+    def forward(self, nodes: Tensor, node_mask: Tensor) -> Tensor:
+        """(..., N, s) nodes, (..., N) bool mask (broadcast) -> (..., s).
+
+        Training-mode batch statistics are taken over the valid nodes of every pair in the block.
+        """
+        logits = self.attn(nodes)
+        full_mask = node_mask.expand(nodes.shape[:-1])
+        weights = torch.sigmoid(masked_batch_norm(self.bn, logits, full_mask)).squeeze(-1)
+        weights = l1norm(weights * full_mask, dim=-1)
+        return l2norm((weights.unsqueeze(-1) * nodes).sum(-2), dim=-1)
+
+
+@register_backbone("sgraf")
+class SGRAF(Backbone):
+    """Region/word features scored by a similarity-graph (SGR) or attention-filtration (SAF) head.
+
+    ``encode_images`` returns (B, R, embed) unit region vectors and ``encode_texts`` (B, L, embed) unit
+    word vectors (zeros on padding); the global vectors are computed inside ``similarity``. Pass the
+    caption lengths to ``similarity``.
+
+    Args:
+        vocab_size: number of token ids.
+        img_dim: region feature size D.
+        embed_size: region / word embedding size.
+        word_dim: word embedding size.
+        word_vectors: optional (vocab_size, word_dim) initial word embedding.
+        text_layers: BiGRU layers.
+        dropout: dropout on word embeddings and in the self-attention modules (the research code uses 0.4).
+        head: ``"sgr"`` or ``"saf"``.
+        sim_dim: size of the similarity vectors.
+        sgr_steps: graph reasoning steps (SGR only).
+        lambda_softmax: smoothing of the text-to-image attention softmax.
+        num_regions: regions per image R; the visual self-attention batch-normalises per region slot.
+        chunk_elems: upper bound on ``n_img * n_txt * L * embed_size`` per internal sub-block (peak
+            memory is about four times this many floats); None: 2**22 on CPU, 2**25 on GPU.
+    """
+
+    image_input = "regions"
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        img_dim: int,
+        embed_size: int = 1024,
+        word_dim: int = 300,
+        word_vectors: Tensor | None = None,
+        text_layers: int = 1,
+        dropout: float = 0.0,
+        head: str = "sgr",
+        sim_dim: int = 256,
+        sgr_steps: int = 3,
+        lambda_softmax: float = 9.0,
+        num_regions: int = 36,
+        chunk_elems: int | None = None,
+    ):
+        super().__init__()
+        if head not in _HEADS:
+            raise InputError("head", f"one of {list(_HEADS)}", repr(head))
+        self.head = head
+        self.lambda_softmax = lambda_softmax
+        self.num_regions = num_regions
+        self.chunk_elems = chunk_elems
+        self.img_fc = xavier_linear_(nn.Linear(img_dim, embed_size))
+        self.text = BiGRUTextEncoder(
+            vocab_size, word_dim, embed_size, text_layers, dropout, word_vectors, per_word=True
+        )
+        self.img_attn = GlobalSelfAttention(embed_size, dropout, num_positions=num_regions)
+        self.txt_attn = GlobalSelfAttention(embed_size, dropout)
+        self.local_proj = xavier_linear_(nn.Linear(embed_size, sim_dim))
+        self.global_proj = xavier_linear_(nn.Linear(embed_size, sim_dim))
+        if head == "sgr":
+            self.sgr = nn.ModuleList(GraphReasoning(sim_dim) for _ in range(sgr_steps))
+        else:
+            self.saf = AttentionFiltration(sim_dim)
+        self.score = xavier_linear_(nn.Linear(sim_dim, 1))
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """(B, R, D) regions -> (B, R, embed) unit region vectors."""
+        self._check_regions(images, "images")
+        return l2norm(self.img_fc(images.to(self.img_fc.weight.dtype)), dim=-1)
+
+    def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L) token ids, (B,) lengths -> (B, L, embed) unit word vectors, zeros on padding."""
+        return self.text(tokens, lengths)[0]
+
+    def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """Score every image against every caption.
+
+        Args:
+            img_emb: (n_img, R, embed) from ``encode_images``.
+            txt_emb: (n_txt, L, embed) from ``encode_texts``.
+            txt_lengths: (n_txt,) caption lengths; None means all L words are valid.
+
+        Returns:
+            (n_img, n_txt) scores in (0, 1).
+        """
+        self._check_regions(img_emb, "img_emb")
+        n_img, n_txt, max_len = img_emb.shape[0], txt_emb.shape[0], txt_emb.shape[1]
+        if txt_lengths is None:
+            txt_lengths = torch.full((n_txt,), max_len, dtype=torch.long, device=txt_emb.device)
+        check_lengths(txt_lengths, n_txt, max_len)
+        txt_lengths = txt_lengths.to(txt_emb.device)
+        if n_img == 0 or n_txt == 0:
+            return img_emb.new_zeros(n_img, n_txt)
+        img_glo = self.img_attn(img_emb)
+        used = int(txt_lengths.max())
+        txt_emb = txt_emb[:, :used]
+        txt_mask = length_mask(txt_lengths, used)
+        txt_glo = self.txt_attn(txt_emb, txt_mask)
+
+        # Captions sorted by length, so each sub-block is trimmed to its own longest caption.
+        order = torch.argsort(txt_lengths, descending=True, stable=True)
+        sorted_lens = txt_lengths[order].tolist()
+        dim = img_emb.shape[-1]
+        budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_emb.device.type, _DEFAULT_CHUNK["cuda"])
+        img_step = max(1, min(n_img, budget // (used * dim * _MIN_CAPTIONS)))
+        rows = []
+        for i in range(0, n_img, img_step):
+            imgs, glos = img_emb[i : i + img_step], img_glo[i : i + img_step]
+            cols, start = [], 0
+            while start < n_txt:
+                width = sorted_lens[start]
+                step = max(1, budget // (imgs.shape[0] * width * dim))
+                idx = order[start : start + step]
+                cols.append(self._block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width]))
+                start += step
+            rows.append(torch.cat(cols, dim=1))
+        scores = torch.cat(rows, dim=0)
+        return scores[:, torch.argsort(order)]
+
+    def _block(self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor) -> Tensor:
+        """(a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) mask -> (a, b)."""
+        a, n_reg, dim = imgs.shape
+        b, n_words, _ = words.shape
+        # Text-to-image attention, laid out (a, R, b, L): LeakyReLU, L2 over words, softmax over regions.
+        attn = (imgs.reshape(a * n_reg, dim) @ words.reshape(b * n_words, dim).t()).view(a, n_reg, b, n_words)
+        attn = F.leaky_relu(attn, 0.1) * mask
+        attn = torch.softmax(l2norm(attn, dim=3) * self.lambda_softmax, dim=1)
+        attended = torch.bmm(attn.view(a, n_reg, b * n_words).transpose(1, 2), imgs)
+        attended = l2norm(attended.view(a, b, n_words, dim), dim=-1)
+        local = l2norm(self.local_proj((attended - words).pow(2)), dim=-1)
+        glob = l2norm(self.global_proj((img_glo.unsqueeze(1) - txt_glo).pow(2)), dim=-1)
+        nodes = torch.cat([glob.unsqueeze(2), local], dim=2)  # (a, b, 1 + L, s)
+        node_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        if self.head == "sgr":
+            key_mask = node_mask.unsqueeze(1)  # (b, 1, 1 + L) broadcasts over (a, b, queries, keys)
+            for k, step in enumerate(self.sgr):
+                nodes = step(nodes, key_mask, first_only=k == len(self.sgr) - 1)
+            vec = nodes[..., 0, :]
+        else:
+            vec = self.saf(nodes, node_mask)
+        return torch.sigmoid(self.score(vec)).squeeze(-1)
+
+    def _check_regions(self, x: Tensor, name: str) -> None:
+        if x.dim() != 3 or x.shape[1] != self.num_regions:
+            raise ValueError(
+                f"SGRAF {name}: expected (B, {self.num_regions}, D) region features (num_regions), "
+                f"found shape {tuple(x.shape)}"
+            )

@@ -1,0 +1,217 @@
+"""Caption encoders: word embedding + bidirectional GRU, and loading pretrained word vectors (GloVe / .npy)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from noisycorr.backbones.ops import l2norm
+from noisycorr.errors import InputError
+
+__all__ = ["BiGRUTextEncoder", "load_word_vectors", "check_word_vectors"]
+
+
+class BiGRUTextEncoder(nn.Module):
+    """Embedding -> dropout -> packed bidirectional GRU; the two directions are averaged.
+
+    Args:
+        vocab_size: number of token ids.
+        word_dim: word embedding size.
+        embed_size: GRU hidden size = output feature size.
+        num_layers: GRU layers.
+        dropout: dropout on the word embeddings.
+        word_vectors: optional (vocab_size, word_dim) initial embedding; otherwise U(-0.1, 0.1).
+        per_word: L2-normalise every word feature (SGRAF); False leaves them raw (pooled later).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        word_dim: int,
+        embed_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        word_vectors: Tensor | None = None,
+        per_word: bool = False,
+    ):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim)
+        if word_vectors is None:
+            nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        else:
+            check_word_vectors(word_vectors, vocab_size, word_dim)
+            with torch.no_grad():
+                self.embed.weight.copy_(word_vectors)
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=True)
+        self.embed_size = embed_size
+        self.per_word = per_word
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode padded captions.
+
+        Args:
+            tokens: (B, L) int64 ids padded with 0.
+            lengths: (B,) number of valid tokens per caption (1 <= length <= L).
+
+        Returns:
+            (B, L, embed_size) word features (zeros on padding) and the (B,) lengths.
+        """
+        check_lengths(lengths, tokens.shape[0], tokens.shape[1])
+        x = self.dropout(self.embed(tokens))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        out = (out[..., : self.embed_size] + out[..., self.embed_size :]) / 2
+        if self.per_word:
+            out = l2norm(out, dim=-1)
+        return out, lengths
+
+
+def check_lengths(lengths: Tensor, batch: int, max_len: int) -> None:
+    """Raise ValueError unless ``lengths`` is (batch,) with values in [1, max_len]."""
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), found {tuple(lengths.shape)}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
+        raise ValueError(
+            f"lengths: expected values in [1, {max_len}], found min {int(lengths.min())} max {int(lengths.max())}"
+        )
+
+
+def check_word_vectors(vectors: Tensor, vocab_size: int, word_dim: int) -> None:
+    """Raise InputError unless ``vectors`` is a (vocab_size, word_dim) tensor."""
+    shape = tuple(getattr(vectors, "shape", ()))
+    if shape != (vocab_size, word_dim):
+        raise InputError("word_vectors", f"a ({vocab_size}, {word_dim}) matrix (vocab_size, word_dim)", str(shape))
+
+
+def load_word_vectors(
+    path: str | os.PathLike, word2idx: dict[str, int], dim: int | None = None
+) -> tuple[Tensor, int]:
+    """Build an embedding matrix for a vocabulary from pretrained vectors.
+
+    Formats:
+        - text (GloVe, optionally ``.gz``): ``word v1 ... vD`` per line; a word2vec-style header line
+          ``count dim`` is skipped. Rows with more than D+1 fields are multi-word tokens (GloVe 840B has a
+          few); they can only match a vocabulary word that contains spaces.
+        - ``.npy``: an (N, D) matrix next to a word list ``<stem>.txt`` or ``<stem>.vocab`` (one word a line).
+
+    Words of the vocabulary that the file lacks get U(-0.1, 0.1) rows (torch's default generator).
+
+    Args:
+        path: the vectors file.
+        word2idx: vocabulary, word -> row index.
+        dim: expected vector size; None takes it from the file.
+
+    Returns:
+        (V, D) float32 matrix with V = max index + 1, and the number of vocabulary words found.
+
+    Raises:
+        InputError: missing file, a row of the wrong size, a non-numeric value, a word list whose length
+            differs from the matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "an existing word-vector file", "no such file")
+    if path.suffix == ".npy":
+        found, dim = _read_npy(path, word2idx, dim)
+    else:
+        found, dim = _read_text(path, word2idx, dim)
+    n_rows = max(word2idx.values(), default=-1) + 1
+    matrix = torch.empty(n_rows, dim).uniform_(-0.1, 0.1)
+    if found:
+        rows = torch.tensor([word2idx[w] for w in found], dtype=torch.long)
+        matrix[rows] = torch.from_numpy(np.stack(list(found.values())).astype(np.float32, copy=False))
+    return matrix, len(found)
+
+
+def _read_npy(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
+    words_file = next((p for p in (path.with_suffix(".txt"), path.with_suffix(".vocab")) if p.is_file()), None)
+    if words_file is None:
+        raise InputError(path, f"a word list {path.stem}.txt or {path.stem}.vocab next to it", "none")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise InputError(path, "a numeric .npy matrix", f"unreadable file ({err})") from None
+    if array.ndim != 2:
+        raise InputError(path, "a 2-D (words, dim) matrix", f"shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise InputError(path, f"vectors of size {dim}", f"size {array.shape[1]}")
+    with open(words_file, encoding="utf-8") as fh:
+        words = fh.read().splitlines()
+    if len(words) != array.shape[0]:
+        raise InputError(words_file, f"{array.shape[0]} words (rows of {path.name})", f"{len(words)} lines")
+    keep: dict[str, int] = {}
+    for i, w in enumerate(words):
+        if w in word2idx and w not in keep:
+            keep[w] = i
+    rows = np.asarray(array[np.fromiter(keep.values(), dtype=np.int64, count=len(keep))], dtype=np.float32)
+    return dict(zip(keep, rows)), int(array.shape[1])
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _read_text(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
+    words: list[str] = []
+    values: list[str] = []
+    line_numbers: list[int] = []
+    seen: set[str] = set()
+    file_dim: int | None = None
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            line = line.rstrip()
+            if not line:
+                continue
+            n_fields = line.count(" ") + 1
+            if file_dim is None:
+                fields = line.split(" ")
+                if number == 1 and len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+                    file_dim = int(fields[1])  # word2vec header "count dim"
+                    where = "line 1 (header)"
+                    if dim is not None and file_dim != dim:
+                        raise InputError(path, f"vectors of size {dim}", f"size {file_dim}", where=where)
+                    continue
+                file_dim = n_fields - 1
+                if file_dim < 1:
+                    raise InputError(path, "a word followed by its vector values", repr(line[:40]), where=f"line {number}")
+                if dim is not None and file_dim != dim:
+                    raise InputError(path, f"{dim} values after the word", f"{file_dim}", where=f"line {number}")
+            if n_fields <= file_dim:
+                raise InputError(path, f"{file_dim} values after the word", f"{n_fields - 1}", where=f"line {number}")
+            if n_fields == file_dim + 1:
+                word, rest = line.split(" ", 1)
+            else:
+                parts = line.rsplit(" ", file_dim)
+                word, rest = parts[0], " ".join(parts[1:])
+            if word in word2idx and word not in seen:
+                seen.add(word)
+                words.append(word)
+                values.append(rest)
+                line_numbers.append(number)
+    if file_dim is None:
+        raise InputError(path, "word vectors, one per line", "an empty file")
+    if not words:
+        return {}, file_dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy warns when parsing stops early
+        flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    if flat.size != len(words) * file_dim:
+        for word_line, rest in zip(line_numbers, values):
+            try:
+                [float(v) for v in rest.split(" ")]
+            except ValueError:
+                raise InputError(path, "numeric vector values", repr(rest[:40]), where=f"line {word_line}") from None
+        raise InputError(path, "numeric vector values", "text numpy could not parse")
+    return dict(zip(words, flat.reshape(len(words), file_dim))), file_dim

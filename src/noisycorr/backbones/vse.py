@@ -1,0 +1,81 @@
+"""VSE-infinity backbone on precomputed regions (Chen et al., "Learning the Best Pooling Strategy for
+Visual Semantic Embedding", CVPR 2021), as used by CRCL and IN2R.
+
+Images: each region goes through ``fc + MLP`` (residual), GPO pools the regions, L2-normalise.
+Captions: BiGRU word features (directions averaged), optionally ``fc + MLP`` per word (IN2R), GPO over
+the words, L2-normalise. The score is the cosine, so evaluation is one matrix product.
+IN2R's batch-mean centring of the embeddings is deliberately left out: it makes test embeddings depend
+on the batch they are computed in.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from noisycorr.backbones.base import Backbone
+from noisycorr.backbones.gpo import GPO
+from noisycorr.backbones.ops import ResidualMLP, l2norm, length_mask
+from noisycorr.backbones.text import BiGRUTextEncoder, check_lengths
+from noisycorr.registry import register_backbone
+
+__all__ = ["VSE"]
+
+
+@register_backbone("vse")
+class VSE(Backbone):
+    """Region features + GPO pooling, cosine similarity.
+
+    Args:
+        vocab_size: number of token ids.
+        img_dim: region feature size D.
+        embed_size: joint embedding size.
+        word_dim: word embedding size.
+        word_vectors: optional (vocab_size, word_dim) initial word embedding.
+        text_layers: BiGRU layers.
+        dropout: dropout on the input region features and on the word embeddings (IN2R uses 0.3).
+        text_mlp: add IN2R's per-word ``fc + MLP(embed -> embed/2 -> embed)`` before text GPO.
+    """
+
+    image_input = "regions"
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        img_dim: int,
+        embed_size: int = 1024,
+        word_dim: int = 300,
+        word_vectors: Tensor | None = None,
+        text_layers: int = 1,
+        dropout: float = 0.0,
+        text_mlp: bool = False,
+    ):
+        super().__init__()
+        self.img_dropout = nn.Dropout(dropout)
+        self.img_proj = ResidualMLP(img_dim, embed_size)
+        self.img_pool = GPO()
+        self.text = BiGRUTextEncoder(vocab_size, word_dim, embed_size, text_layers, dropout, word_vectors)
+        self.txt_proj = ResidualMLP(embed_size, embed_size) if text_mlp else None
+        self.txt_pool = GPO()
+
+    def encode_images(self, images: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, R, D) regions (optionally only the first ``lengths[b]`` valid) -> (B, embed) unit vectors."""
+        if images.dim() != 3:
+            raise ValueError(f"VSE images: expected (B, R, D) region features, found shape {tuple(images.shape)}")
+        mask = None
+        if lengths is not None:
+            check_lengths(lengths, images.shape[0], images.shape[1])
+            mask = length_mask(lengths, images.shape[1])
+        x = self.img_dropout(images.to(self.img_proj.fc.weight.dtype))
+        return l2norm(self.img_pool(self.img_proj(x, mask), lengths), dim=-1)
+
+    def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L) token ids, (B,) lengths -> (B, embed) unit vectors."""
+        words, lengths = self.text(tokens, lengths)
+        if self.txt_proj is not None:
+            words = self.txt_proj(words, length_mask(lengths, words.shape[1]))
+        return l2norm(self.txt_pool(words, lengths), dim=-1)
+
+    def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """Cosine scores: (n_img, embed), (n_txt, embed) -> (n_img, n_txt)."""
+        return img_emb @ txt_emb.t()

@@ -1,0 +1,201 @@
+"""The ``noisycorr`` command line: train, eval, noise, synth, demo, methods."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from noisycorr.errors import InputError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="preset name (see `noisycorr presets`) or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value; repeatable")
+    p.add_argument("--method", help="shortcut for --set method.name=NAME")
+    p.add_argument("--out", help="shortcut for --set run.out_dir=DIR")
+
+
+def _config(args: argparse.Namespace):
+    from noisycorr.config import load_config
+
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"method.name={args.method}")
+    if args.out:
+        overrides.append(f"run.out_dir={args.out}")
+    return load_config(args.config, overrides)
+
+
+def _print_metrics(title: str, m: dict) -> None:
+    print(
+        f"{title}: i2t R@1/5/10 {m['i2t_r1']:.1f} / {m['i2t_r5']:.1f} / {m['i2t_r10']:.1f}   "
+        f"t2i R@1/5/10 {m['t2i_r1']:.1f} / {m['t2i_r5']:.1f} / {m['t2i_r10']:.1f}   rSum {m['rsum']:.1f}"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from noisycorr.engine.trainer import train
+
+    cfg = _config(args)
+    results = train(cfg, resume=args.resume)
+    best = results["best"]
+    _print_metrics(f"best validation (epoch {best['epoch'] + 1})", best["val"])
+    if "test" in results:
+        _print_metrics("test", results["test"])
+    print(f"run folder: {cfg.run.out_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from noisycorr.engine.runs import evaluate_run
+
+    metrics = evaluate_run(args.run, split=args.split, protocol=args.protocol, data=args.data, device=args.device)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(f"{args.run} [{args.split or 'test'}]", metrics)
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from noisycorr.data import noise as nz
+
+    if args.action == "make":
+        n_cap = args.n_images * args.captions_per_image
+        if args.protocol == "per_caption":
+            index = nz.make_per_caption_noise(n_cap, args.captions_per_image, args.rate, seed=args.seed)
+        else:
+            index = nz.make_per_image_noise(args.n_images, args.rate, seed=args.seed)
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            raise InputError(out, "a new file (or --force)", "an existing file")
+        nz.save_noise(out, index)
+        path, arr = out, index
+    else:
+        path = Path(args.file)
+        arr, _ = nz.load_noise(path, args.protocol, n_images=args.n_images,
+                               n_captions=args.n_images * args.captions_per_image)
+    info = nz.noise_info(arr, args.protocol, rate=getattr(args, "rate", None), n_images=args.n_images,
+                         n_captions=args.n_images * args.captions_per_image, path=str(path))
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in info.__dict__.items()}
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from noisycorr.data.synthetic import write_synthetic
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "an empty or new folder", "a folder with files")
+    write_synthetic(out, seed=args.seed, n_train=args.n_train)
+    print(f"synthetic precomp data written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from noisycorr.config import load_config
+    from noisycorr.engine.trainer import train
+
+    rows = []
+    for rate in (0.0, args.rate):
+        out = Path(args.out) / f"noise-{rate:g}"
+        overrides = [f"run.out_dir={out}", f"noise.rate={rate}", *args.overrides]
+        if args.epochs:
+            overrides.append(f"train.epochs={args.epochs}")
+        cfg = load_config("demo", overrides)
+        print(f"== vanilla on synthetic data, {rate:.0%} per-caption noise -> {out}")
+        results = train(cfg, resume=True)
+        rows.append((rate, results["test"]))
+    print("\nsynthetic test split (vanilla VSE backbone):")
+    for rate, m in rows:
+        _print_metrics(f"  noise {rate:>4.0%}", m)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from noisycorr.registry import get_method_class, list_methods
+
+    for name in list_methods():
+        cls = get_method_class(name)
+        print(f"{name:12s} {cls.describe()}\n{'':12s} {cls.citation}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from noisycorr.config import preset_dir
+
+    for path in sorted(preset_dir().glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        print(f"{path.stem:24s} {first}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="noisycorr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a method (YAML preset + --set overrides)")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir after its last epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's best weights")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", help="split name (default: the run's test split)")
+    p.add_argument("--protocol", help="single | 1k | coco5fold1k | coco5k | cc152k (default: the run's)")
+    p.add_argument("--data", help="another precomp folder than the run's data.root")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("noise", help="create or inspect a noise-index file")
+    p.add_argument("action", choices=["make", "info"])
+    p.add_argument("file", nargs="?", help="the file to inspect (info)")
+    p.add_argument("--protocol", choices=["per_caption", "per_image"], required=True)
+    p.add_argument("--n-images", type=int, required=True, help="training images (F30K 29000, COCO 113287)")
+    p.add_argument("--captions-per-image", type=int, default=5)
+    p.add_argument("--rate", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", help="where to write the file (make)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("synth", help="write the synthetic dataset in the precomp layout")
+    p.add_argument("output")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=1000)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="train the baseline on the embedded synthetic data, clean and noisy")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--rate", type=float, default=0.6)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+
+    sub.add_parser("methods", help="list the training methods and their papers").set_defaults(func=cmd_methods)
+    sub.add_parser("presets", help="list the shipped config presets").set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "noise":
+        if args.action == "make" and (args.rate is None or not args.output):
+            parser.error("noise make needs --rate and --output")
+        if args.action == "info" and not args.file:
+            parser.error("noise info needs a FILE")
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"noisycorr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noisycorr: interrupted", file=sys.stderr)
+        return 130

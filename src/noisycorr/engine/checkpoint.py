@@ -1,0 +1,78 @@
+"""Training state (resumable, ``weights_only``-loadable) and best weights (safetensors)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from noisycorr.errors import InputError
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load a training-state checkpoint with ``weights_only=True``."""
+    if not path.is_file():
+        raise InputError(path, "a training checkpoint", "no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupted or foreign file
+        raise InputError(path, "a noisycorr training checkpoint", f"an unreadable file ({type(err).__name__})") from None
+
+
+def export_weights(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Write the module's weights as safetensors with string metadata (atomic)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata dict stored in a safetensors header."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    return header.get("__metadata__", {})
+
+
+def load_weights(module: nn.Module, path: Path, *, expect: dict[str, str]) -> None:
+    """Load safetensors weights into ``module`` after checking that they come from the same setup.
+
+    Args:
+        module: the freshly built method.
+        path: the ``.safetensors`` file.
+        expect: metadata that must match, e.g. ``{"backbone": "vse", "method": "vanilla"}``.
+    """
+    if not path.is_file():
+        raise InputError(path, "a weights file", "no such file")
+    try:
+        meta = read_metadata(path)
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise InputError(path, "a safetensors weights file", f"an unreadable file ({type(err).__name__})") from None
+    for key, value in expect.items():
+        if meta.get(key, value) != value:
+            raise InputError(path, f"weights of {key} {value!r}", f"{key} {meta[key]!r}")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    if missing or extra:
+        raise InputError(path, "weights for this model", f"{len(missing)} missing and {len(extra)} unexpected tensors")
+    bad = [k for k in own if own[k].shape != tensors[k].shape]
+    if bad:
+        raise InputError(
+            path, f"{bad[0]} of shape {tuple(own[bad[0]].shape)}", f"shape {tuple(tensors[bad[0]].shape)}"
+        )
+    module.load_state_dict(tensors)

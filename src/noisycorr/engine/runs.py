@@ -1,0 +1,68 @@
+"""Reopen a finished (or interrupted) run folder: its resolved config, vocabulary and best weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from noisycorr.config import Config, config_from_dict
+from noisycorr.data.precomp import load_precomp
+from noisycorr.data.vocab import Vocabulary
+from noisycorr.engine.checkpoint import load_weights
+from noisycorr.engine.inference import evaluate_method
+from noisycorr.engine.setup import build_method, data_root, pick_device
+from noisycorr.engine.trainer import RunPaths, weights_metadata
+from noisycorr.errors import InputError
+from noisycorr.methods.base import Method
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[Config, Method, Vocabulary]:
+    """The config, the method with its best weights (eval mode, on ``device``) and the vocabulary."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.is_file():
+        raise InputError(paths.root, "a run folder with config.yaml", "no config.yaml")
+    cfg = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+    vocab = Vocabulary.from_json(paths.root / "vocab.json")
+    method = build_method(cfg, vocab, _image_shape(paths))
+    load_weights(method, paths.best, expect=weights_metadata(cfg))
+    return cfg, method.to(pick_device(device)).eval(), vocab
+
+
+def _image_shape(paths: RunPaths) -> tuple[int, ...]:
+    from noisycorr.engine.checkpoint import read_metadata
+
+    if not paths.best.is_file():
+        raise InputError(paths.best, "the best weights of a run", "no such file")
+    meta = read_metadata(paths.best)
+    if "image_shape" not in meta:
+        raise InputError(paths.best, "metadata key image_shape", "a file without it")
+    return tuple(int(d) for d in meta["image_shape"].split(","))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str | None = None,
+    protocol: str | None = None,
+    data: str | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Evaluate a run's best weights on a split (default: its test split and protocol)."""
+    cfg, method, vocab = load_run(run_dir, device=device)
+    if data is not None:
+        cfg.data.root = data
+    root = data_root(cfg)
+    precomp = load_precomp(
+        root, split or cfg.data.test_split, features=cfg.data.features, captions_per_image=cfg.data.captions_per_image
+    )
+    return evaluate_method(
+        method.backbones,
+        precomp,
+        vocab,
+        protocol=protocol or cfg.eval.protocol,
+        batch_size=cfg.eval.batch_size,
+        img_chunk=cfg.eval.img_chunk,
+        txt_chunk=cfg.eval.txt_chunk,
+        device=pick_device(device),
+    )

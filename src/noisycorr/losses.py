@@ -1,0 +1,58 @@
+"""Ranking losses on a (B, B) image x caption score matrix whose diagonal holds the positive pairs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def hinge_costs(scores: Tensor, margin: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Triplet violations of every negative, for both retrieval directions.
+
+    Args:
+        scores: (B, B), ``scores[i, j]`` = sim(image i, caption j); pair i is (image i, caption i).
+        margin: a scalar, or (B,) per-pair margins (pair i's margin applies when it is the anchor).
+
+    Returns:
+        ``cost_cap`` (B, B): ``[m_i + S_ij - S_ii]_+``, anchor image i, negative caption j.
+        ``cost_img`` (B, B): ``[m_j + S_ij - S_jj]_+``, anchor caption j, negative image i.
+        Both have a zero diagonal.
+    """
+    pos = scores.diagonal()
+    m = margin if isinstance(margin, Tensor) else torch.tensor(margin, device=scores.device)
+    m_row = m.reshape(-1, 1) if m.ndim else m
+    m_col = m.reshape(1, -1) if m.ndim else m
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    cost_cap = (m_row + scores - pos.reshape(-1, 1)).clamp(min=0).masked_fill(eye, 0)
+    cost_img = (m_col + scores - pos.reshape(1, -1)).clamp(min=0).masked_fill(eye, 0)
+    return cost_cap, cost_img
+
+
+def triplet_loss(
+    scores: Tensor, margin: float | Tensor = 0.2, *, hardest: bool = True, reduction: str = "sum"
+) -> Tensor:
+    """VSE++ hinge triplet loss (Faghri et al., BMVC 2018).
+
+    Args:
+        scores: (B, B) similarity matrix, positives on the diagonal.
+        margin: scalar or (B,) per-pair soft margins.
+        hardest: hardest negative per anchor (VSE++); False averages over the B - 1 negatives
+            (the warm-up loss of VSE-infinity and NCR).
+        reduction: ``"sum"`` (the field's convention), ``"mean"`` or ``"none"`` for (B,) per-pair losses.
+
+    Returns:
+        A scalar, or (B,) where pair i's loss is its image-anchor term plus its caption-anchor term.
+    """
+    cost_cap, cost_img = hinge_costs(scores, margin)
+    if hardest:
+        per_pair = cost_cap.max(dim=1).values + cost_img.max(dim=0).values
+    else:
+        n_neg = max(scores.shape[0] - 1, 1)
+        per_pair = (cost_cap.sum(dim=1) + cost_img.sum(dim=0)) / n_neg
+    if reduction == "none":
+        return per_pair
+    if reduction == "mean":
+        return per_pair.mean()
+    if reduction == "sum":
+        return per_pair.sum()
+    raise ValueError(f"reduction must be 'sum', 'mean' or 'none', not {reduction!r}")

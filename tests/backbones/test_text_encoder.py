@@ -1,0 +1,69 @@
+"""BiGRU caption encoder: packing against a one-caption-at-a-time GRU, padding, word-vector init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bb_helpers import random_captions
+
+from noisycorr.backbones.text import BiGRUTextEncoder
+from noisycorr.errors import InputError
+
+VOCAB, WORD, EMBED = 30, 8, 12
+
+
+def make(**kw) -> BiGRUTextEncoder:
+    torch.manual_seed(0)
+    return BiGRUTextEncoder(VOCAB, WORD, EMBED, **kw).eval()
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_packed_batch_equals_each_caption_alone(num_layers):
+    enc = make(num_layers=num_layers)
+    tokens, lens = random_captions([6, 2, 4, 5], VOCAB, pad_to=8)
+    with torch.no_grad():
+        out, out_lens = enc(tokens, lens)
+        for row, n in enumerate(lens.tolist()):
+            h, _ = enc.rnn(enc.embed(tokens[row : row + 1, :n]))
+            alone = (h[..., :EMBED] + h[..., EMBED:]) / 2
+            torch.testing.assert_close(out[row, :n], alone[0], atol=1e-6, rtol=0)
+    assert out.shape == (4, 8, EMBED) and torch.equal(out_lens, lens)
+    assert (out[torch.arange(8) >= lens[:, None]] == 0).all()
+
+
+def test_per_word_features_are_unit_vectors():
+    enc = make(per_word=True)
+    tokens, lens = random_captions([5, 3], VOCAB)
+    with torch.no_grad():
+        out, _ = enc(tokens, lens)
+    valid = torch.arange(5) < lens[:, None]
+    torch.testing.assert_close(out.norm(dim=-1)[valid], torch.ones(8))
+    assert not make(per_word=False)(tokens, lens)[0].norm(dim=-1)[valid].sub(1).abs().lt(1e-4).all()
+
+
+def test_word_vectors_initialise_the_embedding():
+    vectors = torch.randn(VOCAB, WORD)
+    enc = make(word_vectors=vectors)
+    assert torch.equal(enc.embed.weight.detach(), vectors)
+    default = make().embed.weight.detach()
+    assert default.abs().max() <= 0.1 and default.std() > 0.03
+    with pytest.raises(InputError, match=r"\(30, 8\)"):
+        make(word_vectors=torch.randn(VOCAB + 1, WORD))
+
+
+def test_bad_lengths_are_rejected():
+    enc = make()
+    tokens, lens = random_captions([4, 3], VOCAB)
+    with pytest.raises(ValueError, match="lengths"):
+        enc(tokens, torch.tensor([5, 3]))
+    with pytest.raises(ValueError, match="lengths"):
+        enc(tokens, torch.tensor([0, 3]))
+
+
+def test_dropout_only_in_training():
+    enc = make(dropout=0.5)
+    tokens, lens = random_captions([6, 4], VOCAB)
+    with torch.no_grad():
+        assert torch.equal(enc(tokens, lens)[0], enc(tokens, lens)[0])
+        enc.train()
+        assert not torch.equal(enc(tokens, lens)[0], enc(tokens, lens)[0])

@@ -1,0 +1,85 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from noisycorr.config import load_config
+from noisycorr.engine import trainer as trainer_mod
+from noisycorr.engine.checkpoint import load_state, read_metadata
+from noisycorr.engine.runs import evaluate_run
+from noisycorr.engine.trainer import train
+from noisycorr.errors import InputError
+
+from engine_helpers import tiny_overrides
+
+
+@pytest.mark.parametrize("preset", ["demo", "flickr-dev-sgraf", "flickr-dev-global"])
+def test_each_backbone_trains_end_to_end_and_writes_its_run_folder(tiny_root, tmp_path, preset):
+    extra = {"data.features": "pooled"} if preset.endswith("global") else {}
+    cfg = load_config(preset, tiny_overrides(tiny_root, tmp_path / "run", **{"train.epochs": 2, **extra}))
+    results = train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "vocab.json", "noise.json", "metrics.csv", "checkpoint.pt", "best.safetensors",
+                 "best.json", "results.json"):
+        assert (run / name).is_file(), name
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "val_rsum" in rows[0]
+    test = results["test"]
+    assert 0 <= test["rsum"] <= 600 and set(test) >= {"i2t_r1", "t2i_r10", "i2t_medr", "t2i_meanr"}
+    assert read_metadata(run / "best.safetensors")["backbone"] == cfg.model.backbone
+    state = load_state(run / "checkpoint.pt")  # weights_only=True
+    assert state["epoch"] == 1
+    again = evaluate_run(run)
+    assert again["rsum"] == pytest.approx(test["rsum"])
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_root, tmp_path, monkeypatch):
+    overrides = {"noise.rate": 0.4, "data.region_drop": 0.2, "data.token_aug": 0.2}
+    straight = train(load_config("demo", tiny_overrides(tiny_root, tmp_path / "a", **overrides)))
+
+    real_save = trainer_mod.atomic_torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if obj["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "atomic_torch_save", save_then_die)
+    cfg_b = load_config("demo", tiny_overrides(tiny_root, tmp_path / "b", **overrides))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    monkeypatch.setattr(trainer_mod, "atomic_torch_save", real_save)
+    with pytest.raises(InputError, match="resume"):
+        train(cfg_b)
+    resumed = train(cfg_b, resume=True)
+    assert resumed["test"] == straight["test"]
+    assert _rows_without_time(tmp_path / "a") == _rows_without_time(tmp_path / "b")
+
+
+def _rows_without_time(run):
+    with open(run / "metrics.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in csv.DictReader(fh)]
+
+
+def test_noise_is_recorded_with_realised_rate_and_checksum(tiny_root, tmp_path):
+    cfg = load_config("demo", tiny_overrides(tiny_root, tmp_path / "r", **{"noise.rate": 0.5, "train.epochs": 1}))
+    train(cfg)
+    rec = json.loads((tmp_path / "r" / "noise.json").read_text())
+    index = np.load(tmp_path / "r" / "noise_index.npy")
+    n_cap = index.shape[0]
+    realised = float(np.mean(index != np.arange(n_cap) // 5))
+    assert rec["protocol"] == "per_caption" and rec["realised_rate"] == pytest.approx(realised)
+    assert 0.4 < realised <= 0.5 and len(rec["checksum"]) == 64
+
+
+def test_resume_refuses_a_changed_config(tiny_root, tmp_path):
+    train(load_config("demo", tiny_overrides(tiny_root, tmp_path / "r", **{"train.epochs": 1})))
+    changed = load_config("demo", tiny_overrides(tiny_root, tmp_path / "r", **{"train.epochs": 1, "train.lr": 0.1}))
+    with pytest.raises(InputError, match="lr"):
+        train(changed, resume=True)
+
+
+def test_step_lr_schedule():
+    cfg = load_config("f30k-sgraf")
+    lrs = [trainer_mod.step_lr(cfg, e) for e in (0, 29, 30, 39)]
+    assert lrs == pytest.approx([2e-4, 2e-4, 2e-5, 2e-5])

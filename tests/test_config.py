@@ -1,0 +1,65 @@
+import pytest
+
+from noisycorr.config import Config, load_config, parse_overrides, preset_dir, save_config
+from noisycorr.errors import InputError
+
+
+def test_every_preset_resolves_and_checks_its_method_section():
+    from noisycorr.registry import get_method_class
+
+    names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
+    assert {"demo", "f30k-sgraf", "f30k-vse", "coco-sgraf", "cc152k-sgraf", "flickr-dev-vse"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        values = dict(cfg.method)
+        get_method_class(values.pop("name")).make_config(values)
+
+
+def test_published_schedules_in_presets():
+    sgr = load_config("f30k-sgraf")
+    assert (sgr.train.epochs, sgr.train.lr, sgr.train.lr_update, sgr.train.batch_size) == (40, 2e-4, 30, 128)
+    coco = load_config("coco-sgraf")
+    assert (coco.train.epochs, coco.train.lr_update, coco.eval.protocol) == (20, 10, "coco5fold1k")
+    vse = load_config("f30k-vse")
+    assert (vse.train.epochs, vse.train.lr, vse.train.lr_update, vse.train.optimizer) == (25, 5e-4, 15, "adamw")
+    assert load_config("cc152k-vse").data.captions_per_image == 1
+
+
+def test_overrides_parse_yaml_scalars_and_win_over_preset():
+    cfg = load_config("demo", ["train.lr=1e-3", "train.epochs=3", "data.vocab=null", "method.margin=0.1"])
+    assert cfg.train.lr == 1e-3 and cfg.train.epochs == 3 and cfg.data.vocab is None
+    assert cfg.method["margin"] == 0.1
+    assert parse_overrides(["a.b.c=x"]) == {"a": {"b": {"c": "x"}}}
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (["train.lrr=1"], "'lrr'"),
+        (["bogus.x=1"], "'bogus'"),
+        (["train.epochs=many"], "int for train.epochs"),
+        (["train.amp=3"], "bool for train.amp"),
+        (["noequals"], "section.key=value"),
+    ],
+)
+def test_unknown_or_mistyped_keys_are_one_line_errors(override, fragment):
+    with pytest.raises(InputError) as err:
+        load_config(None, override)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_method_key_names_the_method():
+    from noisycorr.registry import get_method_class
+
+    with pytest.raises(InputError, match="vanilla"):
+        get_method_class("vanilla").make_config({"nope": 1})
+
+
+def test_unknown_preset_and_resolved_config_roundtrip(tmp_path):
+    with pytest.raises(InputError, match="presets"):
+        load_config("no-such-preset")
+    cfg = load_config("flickr-dev-sgraf")
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert again.to_dict() == cfg.to_dict()
+    assert isinstance(again, Config) and again.model.backbone == "sgraf"
