@@ -29,7 +29,7 @@ def make_batch(args: argparse.Namespace, pooled: bool, g: torch.Generator) -> Si
 def time_backbone(name: str, args: argparse.Namespace) -> dict[str, float]:
     kwargs = dict(vocab_size=args.vocab, img_dim=args.img_dim, embed_size=args.embed, word_dim=args.word_dim)
     if name == "sgraf":
-        kwargs.update(sim_dim=args.sim_dim, head=args.head)
+        kwargs.update(sim_dim=args.sim_dim, head=args.head, num_regions=args.regions)
     net = create_backbone(name, **kwargs)
     opt = torch.optim.Adam(net.parameters(), lr=2e-4)
     g = torch.Generator().manual_seed(0)

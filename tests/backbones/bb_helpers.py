@@ -36,5 +36,9 @@ def random_captions(lengths: list[int], vocab_size: int, pad_to: int | None = No
 def assert_all_params_have_grad(model: torch.nn.Module) -> None:
     missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
     assert not missing, f"parameters without gradient: {missing}"
-    dead = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    dead = [
+        name
+        for name, p in model.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
     assert not dead, f"non-finite gradients: {dead}"

@@ -51,7 +51,14 @@ def oracle(model: SGRAF, img: torch.Tensor, words: torch.Tensor, lengths: torch.
 def make(head: str = "sgr", **kw) -> SGRAF:
     torch.manual_seed(0)
     return create_backbone(
-        "sgraf", vocab_size=VOCAB, img_dim=IMG_DIM, embed_size=EMBED, sim_dim=SIM, num_regions=REGIONS, head=head, **kw
+        "sgraf",
+        vocab_size=VOCAB,
+        img_dim=IMG_DIM,
+        embed_size=EMBED,
+        sim_dim=SIM,
+        num_regions=REGIONS,
+        head=head,
+        **kw,
     )
 
 
@@ -205,7 +212,9 @@ def test_bad_arguments():
 def test_real_flickr_features_match_oracle(shared_data):
     feats = np.load(shared_data / "flickr-dev" / "dev_ims.npy", mmap_mode="r")[:4]  # float16 (4, 16, 1280)
     torch.manual_seed(0)
-    model = SGRAF(vocab_size=VOCAB, img_dim=feats.shape[2], embed_size=EMBED, num_regions=feats.shape[1]).eval()
+    model = SGRAF(
+        vocab_size=VOCAB, img_dim=feats.shape[2], embed_size=EMBED, num_regions=feats.shape[1]
+    ).eval()
     tokens, lens = random_captions([12, 5, 8], VOCAB)
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(np.array(feats)))
@@ -214,3 +223,14 @@ def test_real_flickr_features_match_oracle(shared_data):
         want = oracle(model, img, txt, lens)
     assert img.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_saf_training_batch_norm_ignores_padded_words():
+    model = make("saf").train()
+    images, tokens, lens = inputs()
+    img, txt = model.encode_images(images), model.encode_texts(tokens, lens)
+    pad = torch.arange(txt.shape[1])[None, :] >= lens[:, None]
+    noisy = torch.where(pad[..., None], torch.randn_like(txt), txt)
+    torch.testing.assert_close(
+        model.similarity(img, noisy, lens), model.similarity(img, txt, lens), atol=1e-6, rtol=0
+    )

@@ -53,7 +53,7 @@ def test_word_vectors_initialise_the_embedding():
 
 def test_bad_lengths_are_rejected():
     enc = make()
-    tokens, lens = random_captions([4, 3], VOCAB)
+    tokens, _lens = random_captions([4, 3], VOCAB)
     with pytest.raises(ValueError, match="lengths"):
         enc(tokens, torch.tensor([5, 3]))
     with pytest.raises(ValueError, match="lengths"):

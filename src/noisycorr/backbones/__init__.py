@@ -7,4 +7,12 @@ from noisycorr.backbones.sgraf import SGRAF
 from noisycorr.backbones.text import BiGRUTextEncoder, load_word_vectors
 from noisycorr.backbones.vse import VSE
 
-__all__ = ["Backbone", "similarity_matrix", "GlobalMLP", "SGRAF", "VSE", "BiGRUTextEncoder", "load_word_vectors"]
+__all__ = [
+    "SGRAF",
+    "VSE",
+    "Backbone",
+    "BiGRUTextEncoder",
+    "GlobalMLP",
+    "load_word_vectors",
+    "similarity_matrix",
+]

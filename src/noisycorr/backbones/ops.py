@@ -43,7 +43,7 @@ def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None) -> Ten
     if mask is None:
         return bn(x.reshape(-1, x.shape[-1])).view_as(x)
     out = x.new_zeros(x.shape)
-    out[mask] = bn(x[mask])
+    out[mask] = bn(x[mask]).to(out.dtype)
     return out
 
 

@@ -62,7 +62,9 @@ class GlobalMLP(Backbone):
     def encode_images(self, images: Tensor) -> Tensor:
         """(B, D) pooled features -> (B, embed) unit vectors."""
         if images.dim() != 2:
-            raise ValueError(f"global images: expected (B, D) pooled features, found shape {tuple(images.shape)}")
+            raise ValueError(
+                f"global images: expected (B, D) pooled features, found shape {tuple(images.shape)}"
+            )
         x = self.img_dropout(images.to(self.img_proj.fc.weight.dtype))
         return l2norm(self.img_proj(x), dim=-1)
 

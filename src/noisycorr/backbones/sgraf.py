@@ -22,12 +22,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisycorr.backbones.base import Backbone
-from noisycorr.backbones.ops import l1norm, l2norm, length_mask, masked_batch_norm, masked_mean, xavier_linear_
+from noisycorr.backbones.ops import (
+    l1norm,
+    l2norm,
+    length_mask,
+    masked_batch_norm,
+    masked_mean,
+    xavier_linear_,
+)
 from noisycorr.backbones.text import BiGRUTextEncoder, check_lengths
 from noisycorr.errors import InputError
 from noisycorr.registry import register_backbone
 
-__all__ = ["SGRAF", "GlobalSelfAttention", "GraphReasoning", "AttentionFiltration"]
+__all__ = ["SGRAF", "AttentionFiltration", "GlobalSelfAttention", "GraphReasoning"]
 
 _HEADS = ("sgr", "saf")
 # Default sub-block bounds (elements of n_img * n_txt * L * embed): CPU caches favour small blocks,
@@ -230,7 +237,9 @@ class SGRAF(Backbone):
                 width = sorted_lens[start]
                 step = max(1, budget // (imgs.shape[0] * width * dim))
                 idx = order[start : start + step]
-                cols.append(self._block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width]))
+                cols.append(
+                    self._block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width])
+                )
                 start += step
             rows.append(torch.cat(cols, dim=1))
         scores = torch.cat(rows, dim=0)

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from noisycorr.backbones.ops import l2norm
 from noisycorr.errors import InputError
 
-__all__ = ["BiGRUTextEncoder", "load_word_vectors", "check_word_vectors"]
+__all__ = ["BiGRUTextEncoder", "check_word_vectors", "load_word_vectors"]
 
 
 class BiGRUTextEncoder(nn.Module):
@@ -90,7 +90,9 @@ def check_word_vectors(vectors: Tensor, vocab_size: int, word_dim: int) -> None:
     """Raise InputError unless ``vectors`` is a (vocab_size, word_dim) tensor."""
     shape = tuple(getattr(vectors, "shape", ()))
     if shape != (vocab_size, word_dim):
-        raise InputError("word_vectors", f"a ({vocab_size}, {word_dim}) matrix (vocab_size, word_dim)", str(shape))
+        raise InputError(
+            "word_vectors", f"a ({vocab_size}, {word_dim}) matrix (vocab_size, word_dim)", str(shape)
+        )
 
 
 def load_word_vectors(
@@ -134,7 +136,9 @@ def load_word_vectors(
 
 
 def _read_npy(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
-    words_file = next((p for p in (path.with_suffix(".txt"), path.with_suffix(".vocab")) if p.is_file()), None)
+    words_file = next(
+        (p for p in (path.with_suffix(".txt"), path.with_suffix(".vocab")) if p.is_file()), None
+    )
     if words_file is None:
         raise InputError(path, f"a word list {path.stem}.txt or {path.stem}.vocab next to it", "none")
     try:
@@ -185,11 +189,17 @@ def _read_text(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[d
                     continue
                 file_dim = n_fields - 1
                 if file_dim < 1:
-                    raise InputError(path, "a word followed by its vector values", repr(line[:40]), where=f"line {number}")
+                    raise InputError(
+                        path, "a word followed by its vector values", repr(line[:40]), where=f"line {number}"
+                    )
                 if dim is not None and file_dim != dim:
-                    raise InputError(path, f"{dim} values after the word", f"{file_dim}", where=f"line {number}")
+                    raise InputError(
+                        path, f"{dim} values after the word", f"{file_dim}", where=f"line {number}"
+                    )
             if n_fields <= file_dim:
-                raise InputError(path, f"{file_dim} values after the word", f"{n_fields - 1}", where=f"line {number}")
+                raise InputError(
+                    path, f"{file_dim} values after the word", f"{n_fields - 1}", where=f"line {number}"
+                )
             if n_fields == file_dim + 1:
                 word, rest = line.split(" ", 1)
             else:
@@ -204,14 +214,21 @@ def _read_text(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[d
         raise InputError(path, "word vectors, one per line", "an empty file")
     if not words:
         return {}, file_dim
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # numpy warns when parsing stops early
-        flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # older numpy warns, newer raises, on bad text
+            flat = np.fromstring(" ".join(values), dtype=np.float32, sep=" ")
+    except ValueError:
+        flat = np.empty(0, dtype=np.float32)
     if flat.size != len(words) * file_dim:
         for word_line, rest in zip(line_numbers, values):
             try:
                 [float(v) for v in rest.split(" ")]
             except ValueError:
-                raise InputError(path, "numeric vector values", repr(rest[:40]), where=f"line {word_line}") from None
+                raise InputError(
+                    path, "numeric vector values", repr(rest[:40]), where=f"line {word_line}"
+                ) from None
         raise InputError(path, "numeric vector values", "text numpy could not parse")
     return dict(zip(words, flat.reshape(len(words), file_dim))), file_dim

@@ -61,7 +61,9 @@ class VSE(Backbone):
     def encode_images(self, images: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, R, D) regions (optionally only the first ``lengths[b]`` valid) -> (B, embed) unit vectors."""
         if images.dim() != 3:
-            raise ValueError(f"VSE images: expected (B, R, D) region features, found shape {tuple(images.shape)}")
+            raise ValueError(
+                f"VSE images: expected (B, R, D) region features, found shape {tuple(images.shape)}"
+            )
         mask = None
         if lengths is not None:
             check_lengths(lengths, images.shape[0], images.shape[1])

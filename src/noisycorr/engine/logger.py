@@ -24,6 +24,7 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(run_dir / "tb"))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
+        row = {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
         self.history.append(row)
         columns: list[str] = []
         for r in self.history:

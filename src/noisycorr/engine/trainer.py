@@ -164,7 +164,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             n_steps += 1
             for key, value in {**{f"loss_{k}": float(v.detach()) for k, v in losses.items()}, **logs}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
         val = evaluate_method(
