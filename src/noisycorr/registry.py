@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from noisycorr.errors import InputError
 
@@ -70,5 +71,5 @@ def list_methods() -> list[str]:
 
 def _load_builtins() -> None:
     # Importing the subpackages runs their @register_* decorators.
-    import noisycorr.backbones  # noqa: F401
+    import noisycorr.backbones
     import noisycorr.methods  # noqa: F401

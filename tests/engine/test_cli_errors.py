@@ -5,10 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+from engine_helpers import tiny_overrides
 
 from noisycorr.cli.main import main
-
-from engine_helpers import tiny_overrides
 
 
 def _run(capsys, argv):

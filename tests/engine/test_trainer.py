@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
+from engine_helpers import tiny_overrides
+
 from noisycorr.config import load_config
 from noisycorr.engine import trainer as trainer_mod
 from noisycorr.engine.checkpoint import load_state, read_metadata
 from noisycorr.engine.runs import evaluate_run
 from noisycorr.engine.trainer import train
 from noisycorr.errors import InputError
-
-from engine_helpers import tiny_overrides
 
 
 @pytest.mark.parametrize("preset", ["demo", "flickr-dev-sgraf", "flickr-dev-global"])

@@ -184,8 +184,8 @@ def augment_tokens(
     Returns:
         New tokens (B, L') and lengths (B,).
     """
-    b, l = tokens.shape
-    pos = np.arange(l)[None, :]
+    b, width = tokens.shape
+    pos = np.arange(width)[None, :]
     word = (pos >= 1) & (pos < lengths[:, None] - 1)
     u_pick = hash_uniform(seed, epoch, 1, index[:, None], pos)
     u_kind = hash_uniform(seed, epoch, 2, index[:, None], pos)

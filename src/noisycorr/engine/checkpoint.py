@@ -28,7 +28,8 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupted or foreign file
-        raise InputError(path, "a noisycorr training checkpoint", f"an unreadable file ({type(err).__name__})") from None
+        found = f"an unreadable file ({type(err).__name__})"
+        raise InputError(path, "a noisycorr training checkpoint", found) from None
 
 
 def export_weights(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:

@@ -22,7 +22,14 @@ from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.logger import MetricsLogger
 from noisycorr.engine.seeding import epoch_seed, seed_everything
-from noisycorr.engine.setup import PreparedData, build_method, noise_record, pick_device, prepare_data, write_json
+from noisycorr.engine.setup import (
+    PreparedData,
+    build_method,
+    noise_record,
+    pick_device,
+    prepare_data,
+    write_json,
+)
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method
 
@@ -197,8 +204,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             paths.state,
         )
         if show:
+            loss_sum = sum(v for k, v in row.items() if k.startswith("loss_"))
             tqdm.write(
-                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {sum(v for k, v in row.items() if k.startswith('loss_')):.3f}"
+                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {loss_sum:.3f}"
                 f"  val rsum {val['rsum']:.1f}  (best {best['rsum']:.1f} @ {best['epoch'] + 1})"
             )
     logger.close()

@@ -171,7 +171,8 @@ def evaluate_protocol(
                 f"shape ({n_img}, {n_cap}) ({n_cap} captions, {captions_per_image} per image)",
                 f"shape {tuple(full.shape)}",
             )
-        score_block: SimsFn = lambda img, cap: full[img, cap]
+        def score_block(img: slice, cap: slice) -> Tensor | np.ndarray:
+            return full[img, cap]
     else:
         score_block = sims_fn
     if n_img % spec.n_folds:

@@ -8,7 +8,8 @@ warm-up epochs that average over all negatives (as VSE-infinity does).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
