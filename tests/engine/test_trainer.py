@@ -83,3 +83,30 @@ def test_step_lr_schedule():
     cfg = load_config("f30k-sgraf")
     lrs = [trainer_mod.step_lr(cfg, e) for e in (0, 29, 30, 39)]
     assert lrs == pytest.approx([2e-4, 2e-4, 2e-5, 2e-5])
+
+
+def test_eval_of_several_runs_averages_their_similarity_matrices(tiny_root, tmp_path):
+    from noisycorr.backbones.base import similarity_matrix
+    from noisycorr.data.precomp import load_precomp
+    from noisycorr.engine.inference import encode_split
+    from noisycorr.engine.runs import load_run
+    from noisycorr.eval.retrieval import retrieval_metrics
+
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        train(load_config("demo", tiny_overrides(tiny_root, out, **{"train.epochs": 1, "train.seed": seed})))
+        runs.append(out)
+    both = evaluate_run(runs)
+    singles = [evaluate_run(r) for r in runs]
+    assert both["net0_rsum"] == pytest.approx(singles[0]["rsum"])
+    assert both["net1_rsum"] == pytest.approx(singles[1]["rsum"])
+
+    split = load_precomp(tiny_root, "test")
+    sims = []
+    for run in runs:
+        _, method, vocab = load_run(run)
+        img, txt, lens = encode_split(method.backbones[0], split, vocab)
+        sims.append(similarity_matrix(method.backbones[0], img, txt, lens))
+    expected = retrieval_metrics((sims[0] + sims[1]) / 2, np.arange(split.n_captions) // 5)
+    assert both["rsum"] == pytest.approx(expected["rsum"])

@@ -57,7 +57,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _print_metrics(f"{args.run} [{args.split or 'test'}]", metrics)
+        _print_metrics(f"{' + '.join(args.run)} [{args.split or 'test'}]", metrics)
     return 0
 
 
@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir after its last epoch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's best weights")
-    p.add_argument("run", help="run folder")
+    p = sub.add_parser("eval", help="evaluate a run's best weights (several runs: their averaged similarity)")
+    p.add_argument("run", nargs="+", help="run folder(s)")
     p.add_argument("--split", help="split name (default: the run's test split)")
     p.add_argument("--protocol", help="single | 1k | coco5fold1k | coco5k | cc152k (default: the run's)")
     p.add_argument("--data", help="another precomp folder than the run's data.root")

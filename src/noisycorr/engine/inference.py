@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,9 +64,9 @@ def encode_split(
 
 @torch.no_grad()
 def evaluate_method(
-    backbones: list[Backbone],
+    backbones: Sequence[Backbone],
     split: PrecompSplit,
-    vocab: Vocabulary,
+    vocab: Vocabulary | Sequence[Vocabulary],
     *,
     protocol: str = "single",
     batch_size: int = 256,
@@ -79,11 +79,13 @@ def evaluate_method(
     """R@K, ranks and rSum of the averaged similarity of ``backbones`` (several: also ``net{k}_*``).
 
     Each similarity block a protocol asks for is computed once per backbone and reused for the
-    ensemble, so two-network methods cost two similarity passes, not three.
+    ensemble, so two-network methods cost two similarity passes, not three. ``vocab`` may be one
+    vocabulary per backbone (ensembles of separately trained runs).
     """
+    vocabs = [vocab] * len(backbones) if isinstance(vocab, Vocabulary) else list(vocab)
     encoded = [
-        encode_split(b, split, vocab, batch_size=batch_size, device=device, n_images=n_images, progress=progress)
-        for b in backbones
+        encode_split(b, split, v, batch_size=batch_size, device=device, n_images=n_images, progress=progress)
+        for b, v in zip(backbones, vocabs, strict=True)
     ]
     n_img = encoded[0][0].shape[0]
     caption_image = np.arange(encoded[0][1].shape[0]) // split.captions_per_image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -41,25 +42,34 @@ def _image_shape(paths: RunPaths) -> tuple[int, ...]:
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dirs: str | Path | Sequence[str | Path],
     *,
     split: str | None = None,
     protocol: str | None = None,
     data: str | None = None,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Evaluate a run's best weights on a split (default: its test split and protocol)."""
-    cfg, method, vocab = load_run(run_dir, device=device)
+    """Evaluate the best weights of one run, or the averaged similarity of several runs.
+
+    Split, protocol and data default to those of the first run (its test split).
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    loaded = [load_run(d, device=device) for d in dirs]
+    cfg = loaded[0][0]
     if data is not None:
         cfg.data.root = data
-    root = data_root(cfg)
     precomp = load_precomp(
-        root, split or cfg.data.test_split, features=cfg.data.features, captions_per_image=cfg.data.captions_per_image
+        data_root(cfg),
+        split or cfg.data.test_split,
+        features=cfg.data.features,
+        captions_per_image=cfg.data.captions_per_image,
     )
+    backbones = [b for _, method, _ in loaded for b in method.backbones]
+    vocabs = [v for _, method, v in loaded for _ in method.backbones]
     return evaluate_method(
-        method.backbones,
+        backbones,
         precomp,
-        vocab,
+        vocabs,
         protocol=protocol or cfg.eval.protocol,
         batch_size=cfg.eval.batch_size,
         img_chunk=cfg.eval.img_chunk,
