@@ -8,6 +8,7 @@ from engine_helpers import tiny_overrides
 from noisycorr.config import load_config
 from noisycorr.engine import trainer as trainer_mod
 from noisycorr.engine.checkpoint import load_state, read_metadata
+from noisycorr.engine.plots import have_matplotlib
 from noisycorr.engine.runs import evaluate_run
 from noisycorr.engine.trainer import train
 from noisycorr.errors import InputError
@@ -22,6 +23,8 @@ def test_each_backbone_trains_end_to_end_and_writes_its_run_folder(tiny_root, tm
     for name in ("config.yaml", "vocab.json", "noise.json", "metrics.csv", "checkpoint.pt", "best.safetensors",
                  "best.json", "results.json"):
         assert (run / name).is_file(), name
+    if have_matplotlib():
+        assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "val_rsum" in rows[0]
     test = results["test"]

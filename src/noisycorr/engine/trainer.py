@@ -21,6 +21,7 @@ from noisycorr.data.dataset import PairDataset, make_loader
 from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.logger import MetricsLogger
+from noisycorr.engine.plots import have_matplotlib, plot_history
 from noisycorr.engine.seeding import epoch_seed, seed_everything
 from noisycorr.engine.setup import (
     PreparedData,
@@ -210,6 +211,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 f"  val rsum {val['rsum']:.1f}  (best {best['rsum']:.1f} @ {best['epoch'] + 1})"
             )
     logger.close()
+    if have_matplotlib() and logger.history:
+        plot_history(logger.history, paths.root / "curves.png")
     return finish(cfg, method, data, device)
 
 
