@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from engine_helpers import tiny_overrides
 
 from noisycorr.config import load_config
@@ -113,3 +114,23 @@ def test_eval_of_several_runs_averages_their_similarity_matrices(tiny_root, tmp_
         sims.append(similarity_matrix(method.backbones[0], img, txt, lens))
     expected = retrieval_metrics((sims[0] + sims[1]) / 2, np.arange(split.n_captions) // 5)
     assert both["rsum"] == pytest.approx(expected["rsum"])
+
+
+def test_word_vectors_from_the_config_initialise_the_embedding(tiny_root, tmp_path):
+    from noisycorr.engine.setup import build_method, prepare_data
+
+    cfg = load_config("demo", tiny_overrides(tiny_root, tmp_path / "r"))
+    data = prepare_data(cfg, with_test=False)
+    words = [w for w in data.vocab.word2idx if not w.startswith("<")][:3]
+    vectors = {w: np.arange(16, dtype=np.float32) * (i + 1) / 100 for i, w in enumerate(words)}
+    glove = tmp_path / "vectors.txt"
+    glove.write_text("".join(f"{w} {' '.join(f'{x:.4f}' for x in v)}\n" for w, v in vectors.items()))
+    cfg.model.word_vectors = str(glove)
+    method = build_method(cfg, data.vocab, tuple(data.train.images.shape[1:]))
+    emb = next(m for m in method.modules() if isinstance(m, torch.nn.Embedding))
+    for w, v in vectors.items():
+        torch.testing.assert_close(emb.weight[data.vocab(w)].detach(), torch.from_numpy(v), atol=1e-4, rtol=0)
+
+    cfg.model.word_dim = 300
+    with pytest.raises(InputError, match="vectors.txt"):
+        build_method(cfg, data.vocab, tuple(data.train.images.shape[1:]))
