@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from noisycorr.config import Config
+from noisycorr.data import synthetic
 from noisycorr.data.noise import (
     NoiseInfo,
     caption_to_image,
@@ -24,7 +26,6 @@ from noisycorr.data.noise import (
     save_noise,
 )
 from noisycorr.data.precomp import PrecompSplit, load_precomp
-from noisycorr.data.synthetic import write_synthetic
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method
@@ -52,12 +53,17 @@ def cache_dir() -> Path:
 
 
 def synthetic_root(seed: int = 0) -> Path:
-    """Generate the embedded synthetic dataset once (atomically) and return its folder."""
-    root = cache_dir() / f"synthetic-v1-seed{seed}"
+    """Generate the embedded synthetic dataset once (atomically) and return its folder.
+
+    The folder name carries a digest of the generator's source, so a changed generator never
+    reuses stale data.
+    """
+    digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:10]
+    root = cache_dir() / f"synthetic-{digest}-seed{seed}"
     if not (root / "README.txt").is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-synthetic-"))
-        write_synthetic(tmp, seed=seed)
+        synthetic.write_synthetic(tmp, seed=seed)
         try:
             os.replace(tmp, root)
         except OSError:  # another process finished first
