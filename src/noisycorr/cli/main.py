@@ -1,4 +1,4 @@
-"""The ``noisycorr`` command line: train, eval, noise, synth, demo, methods."""
+"""The noisycorr command line: train, eval, noise, synth, demo, methods, presets."""
 
 from __future__ import annotations
 
