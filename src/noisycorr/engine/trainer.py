@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from noisycorr.config import Config, config_from_dict, save_config
 from noisycorr.data.dataset import PairDataset, make_loader
+from noisycorr.data.noise import save_noise
 from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.logger import MetricsLogger
@@ -79,9 +79,14 @@ def weights_metadata(cfg: Config, image_shape: tuple[int, ...] | None = None) ->
     return meta
 
 
+_MACHINE_KEYS = ("device", "threads", "num_workers")
+
+
 def _check_resume(paths: RunPaths, cfg: Config) -> None:
     saved = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
     a, b = saved.to_dict(), cfg.to_dict()
+    for key in _MACHINE_KEYS:  # where and how fast it runs may change between the two halves
+        a["train"].pop(key), b["train"].pop(key)
     for section in ("data", "noise", "model", "train", "method"):
         if a[section] != b[section]:
             diff = sorted(k for k in set(a[section]) | set(b[section]) if a[section].get(k) != b[section].get(k))
@@ -131,7 +136,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         data.vocab.to_json(paths.root / "vocab.json")
         write_json(paths.root / "noise.json", noise_record(data))
         if data.noise_index is not None:
-            np.save(paths.root / "noise_index.npy", data.noise_index)
+            save_noise(paths.root / "noise_index.npy", data.noise_index)
     logger = MetricsLogger(paths.root, history, tensorboard=cfg.run.tensorboard)
     show = cfg.run.progress
 
