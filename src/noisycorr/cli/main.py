@@ -79,7 +79,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
         path = Path(args.file)
         arr, _ = nz.load_noise(path, args.protocol, n_images=args.n_images,
                                n_captions=args.n_images * args.captions_per_image)
-    info = nz.noise_info(arr, args.protocol, rate=getattr(args, "rate", None), n_images=args.n_images,
+    info = nz.noise_info(arr, args.protocol, rate=args.rate, n_images=args.n_images,
                          n_captions=args.n_images * args.captions_per_image, path=str(path))
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in info.__dict__.items()}
     print(json.dumps(record, indent=2))

@@ -10,6 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from noisycorr.backbones.base import Backbone, similarity_matrix
+from noisycorr.config import EvalConfig
 from noisycorr.data.dataset import CaptionDataset, ImageDataset
 from noisycorr.data.precomp import PrecompSplit
 from noisycorr.data.vocab import Vocabulary
@@ -68,10 +69,8 @@ def evaluate_method(
     split: PrecompSplit,
     vocab: Vocabulary | Sequence[Vocabulary],
     *,
-    protocol: str = "single",
-    batch_size: int = 256,
-    img_chunk: int = 1000,
-    txt_chunk: int = 1000,
+    protocol: str | None = None,
+    settings: EvalConfig | None = None,
     device: torch.device | str = "cpu",
     n_images: int | None = None,
     progress: bool = False,
@@ -80,8 +79,12 @@ def evaluate_method(
 
     Each similarity block a protocol asks for is computed once per backbone and reused for the
     ensemble, so two-network methods cost two similarity passes, not three. ``vocab`` may be one
-    vocabulary per backbone (ensembles of separately trained runs).
+    vocabulary per backbone (ensembles of separately trained runs). ``settings`` gives the batch
+    size, the similarity block sizes and the default protocol; ``protocol`` overrides the latter.
     """
+    settings = settings or EvalConfig()
+    protocol = protocol or settings.protocol
+    batch_size, img_chunk, txt_chunk = settings.batch_size, settings.img_chunk, settings.txt_chunk
     vocabs = [vocab] * len(backbones) if isinstance(vocab, Vocabulary) else list(vocab)
     encoded = [
         encode_split(b, split, v, batch_size=batch_size, device=device, n_images=n_images, progress=progress)

@@ -70,9 +70,7 @@ def evaluate_run(
         backbones,
         precomp,
         vocabs,
-        protocol=protocol or cfg.eval.protocol,
-        batch_size=cfg.eval.batch_size,
-        img_chunk=cfg.eval.img_chunk,
-        txt_chunk=cfg.eval.txt_chunk,
+        protocol=protocol,
+        settings=cfg.eval,
         device=pick_device(device),
     )

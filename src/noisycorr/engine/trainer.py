@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from noisycorr.config import Config, config_from_dict, save_config
 from noisycorr.data.dataset import PairDataset, make_loader
 from noisycorr.data.noise import save_noise
-from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state
+from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state, load_weights
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.logger import MetricsLogger
 from noisycorr.engine.plots import have_matplotlib, plot_history
@@ -185,9 +185,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             data.val,
             data.vocab,
             protocol="single",
-            batch_size=cfg.eval.batch_size,
-            img_chunk=cfg.eval.img_chunk,
-            txt_chunk=cfg.eval.txt_chunk,
+            settings=cfg.eval,
             device=device,
             n_images=cfg.data.val_max_images,
         )
@@ -223,8 +221,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
 
 def finish(cfg: Config, method: Method, data: PreparedData, device: torch.device) -> dict[str, Any]:
     """Reload the best weights, evaluate on the test split, write ``results.json``."""
-    from noisycorr.engine.checkpoint import load_weights
-
     paths = RunPaths(Path(cfg.run.out_dir))
     load_weights(method, paths.best, expect=weights_metadata(cfg))
     results: dict[str, Any] = {"best": json.loads((paths.root / "best.json").read_text(encoding="utf-8"))}
@@ -233,10 +229,7 @@ def finish(cfg: Config, method: Method, data: PreparedData, device: torch.device
             method.backbones,
             data.test,
             data.vocab,
-            protocol=cfg.eval.protocol,
-            batch_size=cfg.eval.batch_size,
-            img_chunk=cfg.eval.img_chunk,
-            txt_chunk=cfg.eval.txt_chunk,
+            settings=cfg.eval,
             device=device,
         )
     results["noise"] = noise_record(data)
