@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from noisycorr.config import Config, load_config, parse_overrides, preset_dir, save_config
 from noisycorr.errors import InputError
@@ -10,6 +11,8 @@ def test_every_preset_resolves_and_checks_its_method_section():
     names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
     assert {"demo", "f30k-sgraf", "f30k-vse", "coco-sgraf", "cc152k-sgraf", "flickr-dev-vse"} <= set(names)
     for name in names:
+        if yaml.safe_load((preset_dir() / f"{name}.yaml").read_text()).get("task", "pairs") != "pairs":
+            continue  # labelled-task presets have their own schema (tests/labeled)
         cfg = load_config(name)
         values = dict(cfg.method)
         get_method_class(values.pop("name")).make_config(values)

@@ -4,6 +4,7 @@ The public entry points; subpackages (``noisycorr.data``, ``noisycorr.eval``, ``
 ``noisycorr.methods``) hold the parts.
 """
 
+from noisycorr.api import find_mismatched_pairs, get_pair_quality_scores, rank_pairs
 from noisycorr.config import Config, load_config
 from noisycorr.engine.runs import evaluate_run, load_run
 from noisycorr.engine.trainer import train
@@ -25,10 +26,13 @@ __all__ = [
     "create_backbone",
     "create_method",
     "evaluate_run",
+    "find_mismatched_pairs",
+    "get_pair_quality_scores",
     "list_backbones",
     "list_methods",
     "load_config",
     "load_run",
+    "rank_pairs",
     "register_backbone",
     "register_method",
     "train",

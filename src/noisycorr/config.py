@@ -171,7 +171,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a layer that names another method replaces the whole ``method`` section, since
+    method keys belong to one method (``-c flickr-dev-vse --method ncr`` gets NCR's defaults)."""
     out = dict(base)
+    new_method = extra.get("method", {}).get("name") if isinstance(extra.get("method"), dict) else None
+    old_method = out.get("method", {}).get("name") if isinstance(out.get("method"), dict) else None
+    if new_method is not None and old_method is not None and new_method != old_method:
+        out["method"] = {}
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)

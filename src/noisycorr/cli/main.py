@@ -1,4 +1,4 @@
-"""The noisycorr command line: train, eval, noise, synth, demo, methods, presets."""
+"""The noisycorr command line: train, eval, audit, noise, synth, demo, methods, presets."""
 
 from __future__ import annotations
 
@@ -58,6 +58,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
     else:
         _print_metrics(f"{' + '.join(args.run)} [{args.split or 'test'}]", metrics)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from noisycorr.api import get_pair_quality_scores, load_run_data
+    from noisycorr.audit import write_audit, write_clean_copy
+
+    run = args.run
+    if args.config:
+        from noisycorr.engine.trainer import train
+
+        cfg = _config(args)
+        if run and Path(run) != Path(cfg.run.out_dir):
+            raise InputError("noisycorr audit", "either RUN or -c/--set (training into run.out_dir)", "both")
+        run = cfg.run.out_dir
+        print(f"== training {cfg.method['name']} into {run} (resumes a finished or interrupted run)")
+        train(cfg, resume=True)
+    if not run:
+        raise InputError("noisycorr audit", "a run folder, or -c PRESET to train one first", "neither")
+    clean_copy = Path(args.clean_copy) if args.clean_copy else None
+    if clean_copy is not None and clean_copy.exists() and any(clean_copy.iterdir()):
+        raise InputError(clean_copy, "a new or empty folder for the cleaned copy", "a folder with files")
+    data = load_run_data(run, data=args.data)
+    scores = get_pair_quality_scores(run, data=args.data, recompute=args.recompute, estimator=args.estimator,
+                                     device=args.device, progress=True)
+    out = Path(args.report or Path(run) / "audit")
+    summary = write_audit(
+        out,
+        scores=scores,
+        captions=data.train.captions,
+        caption_image=data.caption_image,
+        image_ids=data.train.ids,
+        true_clean=data.clean if data.noise is not None else None,
+        threshold=args.threshold,
+        top=args.top,
+        source=f"run {run}; data {data.root} [{data.train.split}]",
+    )
+    n_flag = int((scores < args.threshold).sum())
+    print(f"{len(scores)} pairs scored, {n_flag} flagged below {args.threshold:g}; report: {out / 'report.html'}")
+    det = summary.get("detection") or {}
+    if det:
+        print("against the injected noise: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in det.items() if isinstance(v, float)))
+    if clean_copy is not None:
+        keep = scores >= args.threshold
+        info = write_clean_copy(clean_copy, split=data.train, caption_image=data.caption_image, keep=keep,
+                                src_root=data.root, split_name="train",
+                                features=tuple(dict.fromkeys(("ims", "pooled"))))
+        print(f"cleaned copy ({int(keep.sum())} pairs kept) written to {clean_copy} "
+              f"({info.get('bytes_written', 0) / 2**20:.0f} MiB)")
     return 0
 
 
@@ -152,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("audit", help="rank the training pairs of a run by how likely they are mismatched")
+    p.add_argument("run", nargs="?", help="a run folder (or train one first with -c/--set)")
+    _add_config_args(p)
+    p.add_argument("--report", help="output folder of the audit (default: RUN/audit)")
+    p.add_argument("--threshold", type=float, default=0.5, help="flag pairs whose clean probability is below this")
+    p.add_argument("--top", type=int, default=50, help="suspicious pairs listed in the report")
+    p.add_argument("--clean-copy", help="also write the dataset without the flagged pairs (precomp layout) here")
+    p.add_argument("--recompute", action="store_true", help="score again instead of reading pair_scores.npy")
+    p.add_argument("--estimator", choices=["gmm", "bmm"], default="gmm")
+    p.add_argument("--data", help="the run's data folder, if it moved")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("noise", help="create or inspect a noise-index file")
     p.add_argument("action", choices=["make", "info"])

@@ -4,21 +4,26 @@ loaders, validation, model selection, checkpoints, resume, logging)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from noisycorr.config import Config, config_from_dict, save_config
-from noisycorr.data.dataset import PairDataset, make_loader
+from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
 from noisycorr.data.noise import save_noise
+from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state, load_weights
+from noisycorr.engine.context import TrainContext
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.logger import MetricsLogger
 from noisycorr.engine.plots import have_matplotlib, plot_history
@@ -32,10 +37,17 @@ from noisycorr.engine.setup import (
     write_json,
 )
 from noisycorr.errors import InputError
-from noisycorr.methods.base import Method
+from noisycorr.methods.base import Method, Phase, StepOutput
 
 STATE_FILE = "checkpoint.pt"
 BEST_FILE = "best.safetensors"
+SCORES_FILE = "pair_scores.npy"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 @dataclass
@@ -93,6 +105,93 @@ def _check_resume(paths: RunPaths, cfg: Config) -> None:
             raise InputError(paths.config, f"the same {section} settings to resume", f"changed keys {diff}")
 
 
+def _updates(
+    method: Method, batch: PairBatch, epoch: int, phase: str, side: PairBatch | None, use_amp: bool
+) -> Iterator[StepOutput]:
+    """The optimiser updates of one batch: a method returns one ``(losses, logs)`` or yields several."""
+    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+    with autocast:
+        result = method.training_step(batch, epoch, phase=phase, side=side)
+    if isinstance(result, tuple):
+        yield result
+        return
+    while True:
+        with autocast:
+            try:
+                update = next(result)
+            except StopIteration:
+                return
+        yield update
+
+
+class PhaseBatches:
+    """Batches of a phase's main stream, each paired with a batch of its side stream (or None)."""
+
+    def __init__(self, dataset: PairDataset, phase: Phase, batch_size: int, seed: int, num_workers: int, stream: int):
+        self.dataset, self.phase, self.batch_size, self.seed = dataset, phase, batch_size, seed
+        self.num_workers, self.stream = num_workers, stream
+        self.main = make_loader(
+            dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, drop_last=True,
+            epoch=2 * stream, indices=phase.indices,
+        )
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def _side_loader(self, cycle: int) -> Any:
+        side = self.phase.side
+        return make_loader(
+            self.dataset, self.batch_size, shuffle=True, seed=self.seed + 1000 * cycle, num_workers=self.num_workers,
+            drop_last=len(side) >= self.batch_size, epoch=2 * self.stream + 1, indices=side,
+        )
+
+    def __iter__(self) -> Iterator[tuple[PairBatch, PairBatch | None]]:
+        side = self.phase.side
+        use_side = side is not None and len(side) >= 2
+        cycle, side_iter = 0, iter(self._side_loader(0)) if use_side else None
+        for batch in self.main:
+            extra = None
+            if side_iter is not None:
+                try:
+                    extra = next(side_iter)
+                except StopIteration:
+                    cycle += 1
+                    side_iter = iter(self._side_loader(cycle))
+                    extra = next(side_iter)
+            yield batch, extra
+
+
+def phase_batches(dataset: PairDataset, phase: Phase, cfg: Config, epoch: int, *, stream: int) -> PhaseBatches:
+    """The shuffled batches of one phase of ``epoch``; the order depends only on (seed, epoch, stream)."""
+    return PhaseBatches(
+        dataset, phase, cfg.train.batch_size, epoch_seed(cfg.train.seed, epoch), cfg.train.num_workers, stream
+    )
+
+
+def selection_diagnostics(method: Method, data: PreparedData) -> dict[str, float]:
+    """Detection quality of the method's current clean probabilities, when the noise is synthetic.
+
+    The ground-truth mask is read here and nowhere else during training: it only reaches the log.
+    """
+    if data.noise is None or not method.selections:
+        return {}
+    from noisycorr.eval.detection import detection_metrics
+
+    out: dict[str, float] = {}
+    for name, sel in method.selections.items():
+        metrics = detection_metrics(sel.prob, sel.clean, data.clean)
+        out.update({f"det_{name}_{k}": round(float(v), 5) for k, v in metrics.items()})
+    return out
+
+
+def make_context(cfg: Config, method: Method, data: PreparedData, train_set: PairDataset,
+                 device: torch.device) -> TrainContext:
+    """Per-sample passes see the (noisy) training pairs without augmentation."""
+    plain = PairDataset(data.train, data.vocab, data.caption_image, train=False, encoded=train_set.encoded)
+    return TrainContext(method, plain, cfg.train.batch_size, device, seed=cfg.train.seed,
+                        epochs=cfg.train.epochs, progress=cfg.run.progress)
+
+
 def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``cfg.run.out_dir``; returns the best validation and the test metrics.
 
@@ -139,6 +238,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             save_noise(paths.root / "noise_index.npy", data.noise_index)
     logger = MetricsLogger(paths.root, history, tensorboard=cfg.run.tensorboard)
     show = cfg.run.progress
+    ctx = make_context(cfg, method, data, train_set, device)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_everything(epoch_seed(cfg.train.seed, epoch))
@@ -147,37 +247,34 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             group["lr"] = lr
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
-        loader = make_loader(
-            train_set,
-            cfg.train.batch_size,
-            shuffle=True,
-            seed=epoch_seed(cfg.train.seed, epoch),
-            num_workers=cfg.train.num_workers,
-            drop_last=True,
-        )
         method.train()
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-        row.update(method.on_epoch_start(epoch))
+        t0 = time.perf_counter()
+        row.update(method.on_epoch_start(epoch, ctx))
+        row["select_seconds"] = round(time.perf_counter() - t0, 3)
+        row.update(selection_diagnostics(method, data))
         sums: dict[str, float] = {}
         n_steps, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
-        for batch in bar:
-            batch = batch.to(device)
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
-                losses, logs = method.training_step(batch, epoch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            n_steps += 1
-            for key, value in {**{f"loss_{k}": float(v.detach()) for k, v in losses.items()}, **logs}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        for k, phase in enumerate(method.epoch_phases(epoch)):
+            batches = phase_batches(train_set, phase, cfg, epoch, stream=k)
+            desc = f"epoch {epoch + 1}/{cfg.train.epochs}" + (f" {phase.name}" if phase.name != "train" else "")
+            bar = tqdm(batches, total=len(batches), desc=desc, disable=not show, leave=False)
+            for batch, side in bar:
+                batch = batch.to(device)
+                side = side.to(device) if side is not None else None
+                for losses, logs in _updates(method, batch, epoch, phase.name, side, use_amp):
+                    loss = sum(losses.values())
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.train.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    for key, value in {**{f"loss_{k}": float(v.detach()) for k, v in losses.items()}, **logs}.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                n_steps += 1
         row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
         val = evaluate_method(
@@ -216,11 +313,17 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     logger.close()
     if have_matplotlib() and logger.history:
         plot_history(logger.history, paths.root / "curves.png")
-    return finish(cfg, method, data, device)
+    return finish(cfg, method, data, device, ctx)
 
 
-def finish(cfg: Config, method: Method, data: PreparedData, device: torch.device) -> dict[str, Any]:
-    """Reload the best weights, evaluate on the test split, write ``results.json``."""
+def finish(
+    cfg: Config, method: Method, data: PreparedData, device: torch.device, ctx: TrainContext
+) -> dict[str, Any]:
+    """Reload the best weights, evaluate on the test split, score the training pairs, write ``results.json``.
+
+    ``pair_scores.npy`` holds the best model's clean probability of every training pair (see
+    :meth:`Method.score_pairs`); with synthetic noise, ``results.json`` also scores it as a detector.
+    """
     paths = RunPaths(Path(cfg.run.out_dir))
     load_weights(method, paths.best, expect=weights_metadata(cfg))
     results: dict[str, Any] = {"best": json.loads((paths.root / "best.json").read_text(encoding="utf-8"))}
@@ -233,5 +336,15 @@ def finish(cfg: Config, method: Method, data: PreparedData, device: torch.device
             device=device,
         )
     results["noise"] = noise_record(data)
+    scores = method.score_pairs(ctx, seed=cfg.train.seed)
+    atomic_write_bytes(paths.root / SCORES_FILE, _npy_bytes(scores.astype(np.float32)))
+    if data.noise is not None:
+        from noisycorr.eval.detection import detection_metrics, precision_at_top
+
+        clean_pred = scores > 0.5
+        results["detection"] = {
+            **{k: float(v) for k, v in detection_metrics(scores, clean_pred, data.clean).items()},
+            "precision_top10": precision_at_top(1.0 - scores, data.clean, 0.1),
+        }
     write_json(paths.root / "results.json", results)
     return results

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
+from noisycorr.data.dataset import PairBatch
 from noisycorr.losses import triplet_loss
 from noisycorr.methods.base import Method
 from noisycorr.registry import register_method
@@ -37,7 +37,9 @@ class Vanilla(Method):
         super().__init__(cfg, build_backbone)
         self.net = build_backbone()
 
-    def training_step(self, batch: Any, epoch: int) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def training_step(
+        self, batch: PairBatch, epoch: int, *, phase: str = "train", side: PairBatch | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
         img = self.net.encode_images(batch.images)
         txt = self.net.encode_texts(batch.tokens, batch.lengths)
         scores = self.net.similarity(img, txt, batch.lengths)

@@ -1,0 +1,94 @@
+"""The data-cleaning API: a quality score for every training pair of a run, and the suspicious ones.
+
+Scores come from the run's own method (:meth:`noisycorr.methods.base.Method.score_pairs`): each
+network's per-sample hinge over a fixed set of in-batch negatives, turned into a clean probability by a
+two-component mixture, averaged over the networks. For co-teaching methods (NCR and its followers)
+these networks did not simply memorise the pairs: each one was trained on its peer's clean split, and
+on the rest only with a margin shrunk by the rectified target. A ``vanilla`` run fits every pair,
+noisy ones included, so its scores separate worse; prefer a robust method for auditing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from noisycorr.audit import find_mismatched_pairs, rank_pairs
+from noisycorr.data.dataset import PairDataset
+from noisycorr.engine.context import TrainContext
+from noisycorr.engine.runs import load_run
+from noisycorr.engine.setup import PreparedData, pick_device, prepare_data
+from noisycorr.engine.trainer import SCORES_FILE, RunPaths
+from noisycorr.errors import InputError
+
+__all__ = ["find_mismatched_pairs", "get_pair_quality_scores", "load_run_data", "rank_pairs"]
+
+
+def load_run_data(run: str | Path, *, data: str | None = None) -> PreparedData:
+    """The splits, vocabulary and (noisy) training pairing a run was trained on.
+
+    The pairing comes from the run's saved ``noise_index.npy`` when there is one; ``data``
+    replaces the data folder (the same dataset moved elsewhere).
+    """
+    import yaml
+
+    from noisycorr.config import config_from_dict
+
+    paths = RunPaths(Path(run))
+    if not paths.config.is_file():
+        raise InputError(paths.root, "a run folder with config.yaml", "no config.yaml")
+    cfg = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+    if data is not None:
+        cfg.data.root = data
+    saved = paths.root / "noise_index.npy"
+    if saved.is_file():
+        cfg.noise.file = str(saved)
+    elif cfg.noise.rate > 0:
+        raise InputError(paths.root, "noise_index.npy for a run trained with noise", "no such file")
+    cfg.data.vocab = str(paths.root / "vocab.json")
+    return prepare_data(cfg, with_test=False)
+
+
+def get_pair_quality_scores(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    recompute: bool = False,
+    estimator: str = "gmm",
+    device: str = "cpu",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """One score per training pair of ``run`` in [0, 1]: the probability that the pair is a true match.
+
+    Args:
+        run: a run folder written by ``noisycorr train``.
+        data: the data folder, when it moved since training.
+        recompute: score again from the best weights instead of reading the run's ``pair_scores.npy``.
+        estimator: ``"gmm"`` or ``"bmm"`` mixture over the per-sample losses (with ``recompute``).
+        device: where the networks run.
+        batch_size: per-sample pass batch (default: the run's training batch); it fixes how many
+            negatives each pair is compared with.
+        progress: show a progress bar.
+
+    Returns:
+        (N_pairs,) float64, indexed like the training captions (pair k = caption k and its image).
+    """
+    paths = RunPaths(Path(run))
+    saved = paths.root / SCORES_FILE
+    if saved.is_file() and not recompute and estimator == "gmm":
+        return np.load(saved).astype(np.float64)
+    cfg, method, _ = load_run(run, device=device)
+    prepared = load_run_data(run, data=data)
+    dataset = PairDataset(prepared.train, prepared.vocab, prepared.caption_image)
+    ctx = TrainContext(method, dataset, batch_size or cfg.train.batch_size, pick_device(device),
+                       seed=cfg.train.seed, epochs=cfg.train.epochs, progress=progress)
+    return np.asarray(method.score_pairs(ctx, estimator=estimator, seed=cfg.train.seed), dtype=np.float64)
+
+
+def run_summary(run: str | Path) -> dict:
+    """The run's ``results.json`` (empty when the run has not finished)."""
+    path = Path(run) / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
