@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"noise.rate={args.noise}", "method.warmup_epochs=0", "run.progress=false", *args.overrides])
+    fixed = [f"noise.rate={args.noise}", "method.warmup_epochs=0", "run.progress=false"]
+    cfg = load_config(args.config, [*fixed, *args.overrides])
     data = prepare_data(cfg, with_test=False)
     device = pick_device(cfg.train.device)
     train_set = PairDataset(data.train, data.vocab, data.caption_image, train=True)

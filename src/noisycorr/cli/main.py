@@ -38,8 +38,11 @@ def _print_metrics(title: str, m: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from noisycorr.cli.labeled import is_labeled_config, train_labeled_cli
     from noisycorr.engine.trainer import train
 
+    if is_labeled_config(args.config):  # `task: labels`: the noisy-label setting
+        return train_labeled_cli(args.config, args.overrides, method=args.method, out=args.out, resume=args.resume)
     cfg = _config(args)
     results = train(cfg, resume=args.resume)
     best = results["best"]
@@ -51,8 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from noisycorr.cli.labeled import eval_labeled_cli, is_labeled_run
     from noisycorr.engine.runs import evaluate_run
 
+    if is_labeled_run(args.run[0]):
+        return eval_labeled_cli(args.run, split=args.split)
     metrics = evaluate_run(args.run, split=args.split, protocol=args.protocol, data=args.data, device=args.device)
     if args.json:
         print(json.dumps(metrics, indent=2))

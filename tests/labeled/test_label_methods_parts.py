@@ -1,0 +1,183 @@
+"""The parts of MRL and NIRNL against hand computations: losses, kNN votes, the pure / hard / noisy
+split, Sinkhorn and the Wasserstein barycenter."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from noisycorr.methods.labeled_base import HARD, NOISY, PURE, SharedClassifier, TrainSet
+from noisycorr.methods.mrl import multimodal_contrastive_loss, robust_clustering_loss
+from noisycorr.methods.nirnl import (
+    NIRNL,
+    knn_label_votes,
+    margin_ranking_loss,
+    refine_partition,
+    sinkhorn,
+    wasserstein_barycenter,
+)
+
+
+def onehot(*ys: int, c: int = 3) -> torch.Tensor:
+    return F.one_hot(torch.tensor(ys), c).float()
+
+
+def _circle(groups: dict[int, list[int]], n: int) -> torch.Tensor:
+    """Unit 2-D points: the items of group 0 near angle 0, those of group 1 near 90 degrees."""
+    angle = torch.zeros(n)
+    for g, items in groups.items():
+        for r, i in enumerate(items):
+            angle[i] = g * math.pi / 2 + 0.01 * r
+    return torch.stack([angle.cos(), angle.sin()], dim=1)
+
+
+def test_pure_hard_noisy_split_on_a_hand_made_case() -> None:
+    # 12 pairs, two classes. Item 2 carries the wrong label 1 although both of its features sit with
+    # class 0; item 1's text and item 11's text sit with the other class. With k = 5 every item's
+    # neighbours are the other five members of its group in that modality.
+    labels = onehot(0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, c=2)
+    img = _circle({0: [0, 1, 2, 3, 4, 5], 1: [6, 7, 8, 9, 10, 11]}, 12)
+    txt = _circle({0: [0, 2, 3, 4, 5, 11], 1: [1, 6, 7, 8, 9, 10]}, 12)
+    votes_img = knn_label_votes(img, labels, k=5)
+    votes_txt = knn_label_votes(txt, labels, k=5)
+    assert votes_img[2].tolist() == pytest.approx([1.0, 0.0])  # its five image neighbours say class 0
+    assert votes_txt[0].tolist() == pytest.approx([0.6, 0.4])  # items 3, 4, 5 (class 0) against 2, 11
+    codes = refine_partition(votes_img, votes_txt, labels, labels).tolist()
+    P, H, N = PURE, HARD, NOISY
+    assert codes == [P, H, N, P, P, P, P, P, P, P, P, H]
+
+
+def test_refine_partition_codes_by_hand() -> None:
+    labels = onehot(0, 1, 2, 0)
+    votes_img = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.7, 0.3, 0.0], [0.1, 0.9, 0.0]])
+    votes_txt = torch.tensor([[0.6, 0.4, 0.0], [0.9, 0.1, 0.0], [0.1, 0.0, 0.9], [0.0, 0.2, 0.8]])
+    # item 0: both agree; item 1: image only; item 2: text only; item 3: neither
+    assert refine_partition(votes_img, votes_txt, labels, labels).tolist() == [PURE, HARD, HARD, NOISY]
+    # per-modality labels: the text of item 3 is labelled 2, which its vote agrees with
+    text_labels = onehot(0, 1, 2, 2)
+    assert refine_partition(votes_img, votes_txt, labels, text_labels).tolist() == [PURE, HARD, HARD, HARD]
+    # multi-hot labels: a vote that hits any of the item's labels agrees
+    multi = labels.clone()
+    multi[3, 1] = 1.0
+    assert refine_partition(votes_img, votes_txt, multi, multi)[3] == HARD
+
+
+def test_knn_votes_exclude_self_and_average_neighbour_labels() -> None:
+    feats = F.normalize(torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.98, -0.15], [0.0, 1.0], [0.1, 0.99]]), dim=1)
+    labels = onehot(0, 0, 1, 1, 1)
+    votes = knn_label_votes(feats, labels, k=2, chunk=2)
+    # item 0's two nearest others are items 1 (label 0) and 2 (label 1)
+    assert votes[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    # item 3's nearest others: item 4 (label 1), then item 1 (label 0)
+    assert votes[3].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert votes.sum(1).tolist() == pytest.approx([1.0] * 5)
+
+
+def test_margin_ranking_loss_matches_the_double_loop() -> None:
+    rs = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(5, 4, generator=rs), dim=1)
+    b = F.normalize(torch.randn(5, 4, generator=rs), dim=1)
+    m = 0.3
+    total = 0.0
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                total += max(0.0, m + float(a[i] @ b[j]) - float(a[i] @ b[i]))
+                total += max(0.0, m + float(b[i] @ a[j]) - float(a[i] @ b[i]))
+    assert float(margin_ranking_loss(a, b, m)) == pytest.approx(total / 25, abs=1e-6)
+
+
+def test_robust_clustering_loss_is_log_of_the_mass_outside_the_label() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    y = onehot(0, 2)
+    p = (logits / 0.5).softmax(1)
+    want = (math.log(1 - float(p[0, 0])) + math.log(1 - float(p[1, 2]))) / 2
+    assert float(robust_clustering_loss(logits, y, tau=0.5)) == pytest.approx(want, abs=1e-6)
+
+
+def test_multimodal_contrastive_loss_matches_the_definition() -> None:
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(3, 4, generator=g), dim=1)
+    txt = F.normalize(torch.randn(3, 4, generator=g), dim=1)
+    feats = torch.cat([img, txt])
+    total = 0.0
+    for i in range(6):
+        partner = (i + 3) % 6
+        denom = sum(math.exp(float(feats[i] @ feats[j]) / 0.7) for j in range(6) if j != i)
+        total += -math.log(math.exp(float(feats[i] @ feats[partner]) / 0.7) / denom)
+    assert float(multimodal_contrastive_loss(img, txt, tau=0.7)) == pytest.approx(2 * total / 6, abs=1e-5)
+
+
+def test_shared_classifier_is_orthonormal_and_renormalised() -> None:
+    torch.manual_seed(0)
+    clf = SharedClassifier(16, 5)
+    w = clf.weight.detach()
+    assert torch.allclose(w.T @ w, torch.eye(5), atol=1e-5)
+    with torch.no_grad():
+        clf.weight.mul_(3.0)
+    clf.renormalize()
+    assert torch.allclose(clf.weight.norm(dim=0), torch.ones(5), atol=1e-6)
+
+
+def test_sinkhorn_marginals_and_small_reg_reaches_the_exact_transport_cost() -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    cost = torch.cdist(x, y).double()
+    a = b = torch.full((6,), 1 / 6, dtype=torch.float64)
+    plan = sinkhorn(a, b, cost, reg=0.03, max_iter=20000, tol=1e-12)
+    assert torch.allclose(plan.sum(1), a, atol=1e-9) and torch.allclose(plan.sum(0), b, atol=1e-9)
+    rows, cols = linear_sum_assignment(cost.numpy())
+    exact = cost.numpy()[rows, cols].mean()  # uniform equal-size measures: an assignment is optimal
+    assert exact <= float((plan * cost).sum()) <= exact + 0.01
+    # a large regularisation spreads the plan towards the independent coupling
+    blurry = sinkhorn(a, b, cost, reg=100.0)
+    assert torch.allclose(blurry, torch.full((6, 6), 1 / 36, dtype=torch.float64), atol=1e-3)
+
+
+def test_barycenter_with_one_support_point_is_the_mean() -> None:
+    g = torch.Generator().manual_seed(3)
+    pts = torch.randn(40, 5, generator=g)
+    h = wasserstein_barycenter(pts, 1, reg=5.0, tol=1e-6, generator=g)
+    assert torch.allclose(h[0], pts.mean(0), atol=1e-5)
+
+
+def test_barycenter_with_two_support_points_finds_two_clusters() -> None:
+    g = torch.Generator().manual_seed(4)
+    left = torch.randn(30, 2, generator=g) * 0.05 + torch.tensor([-3.0, 0.0])
+    right = torch.randn(30, 2, generator=g) * 0.05 + torch.tensor([3.0, 0.0])
+    h = wasserstein_barycenter(torch.cat([left, right]), 2, reg=0.05, tol=1e-6, max_iter=500, generator=g)
+    xs = sorted(h[:, 0].tolist())
+    assert xs[0] == pytest.approx(-3.0, abs=0.1) and xs[1] == pytest.approx(3.0, abs=0.1)
+
+
+def test_nirnl_epoch_start_builds_prototypes_and_phases() -> None:
+    torch.manual_seed(0)
+    method = NIRNL(NIRNL.Config(top_k=3), image_dim=4, text_dim=3, num_classes=2, hidden=8, embed_dim=6)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    images = torch.randn(8, 4) + 3 * y[:, None]
+    texts = torch.randn(8, 3) - 3 * y[:, None]
+    labels = F.one_hot(y, 2).float()
+    logs = method.on_epoch_start(0, TrainSet(images, texts, torch.stack([labels, labels])))
+    assert sum(logs.values()) == pytest.approx(1.0)
+    assert method.prototypes is not None and method.prototypes.shape == (2, 6)
+    img = method.embed(images, method.encode_images)
+    txt = method.embed(texts, method.encode_texts)
+    mean0 = torch.cat([img[:4], txt[:4]]).mean(0)
+    assert torch.allclose(method.prototypes[0], mean0, atol=0.02)  # one barycenter per class: ~ the mean
+    # the phases follow the partition, in the order pure, hard, noisy; subsets of < 2 items are skipped
+    method._codes = torch.tensor([PURE, PURE, HARD, NOISY, NOISY, PURE, HARD, HARD], dtype=torch.int8)
+    phases = method.epoch_phases(0)
+    assert [(p.name, p.indices.tolist()) for p in phases] == [
+        ("pure", [0, 1, 5]),
+        ("hard", [2, 6, 7]),
+        ("noisy", [3, 4]),
+    ]
+    method._codes = torch.tensor([PURE, PURE, HARD, NOISY, PURE, PURE, PURE, PURE], dtype=torch.int8)
+    assert [p.name for p in method.epoch_phases(0)] == ["pure"]
+    method.cfg.train_noisy = False
+    method._codes = torch.tensor([NOISY] * 4 + [HARD] * 4, dtype=torch.int8)
+    assert [p.name for p in method.epoch_phases(0)] == ["hard"]
