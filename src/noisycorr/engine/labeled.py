@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from noisycorr.config import _apply_section, _merge, parse_overrides, read_yaml, resolve_preset
+from noisycorr.config import RunConfig, _apply_section, _merge, parse_overrides, read_yaml, resolve_preset
 from noisycorr.data.labeled import (
     LAYOUTS,
     NOISE_KINDS,
@@ -136,15 +136,6 @@ class LabeledEvalConfig:
 
 
 @dataclass
-class LabeledRunConfig:
-    """Output and logging."""
-
-    out_dir: str = "runs/labels"
-    tensorboard: bool = False
-    progress: bool = True
-
-
-@dataclass
 class LabeledConfig:
     """A noisy-label run (``task: labels``)."""
 
@@ -154,7 +145,7 @@ class LabeledConfig:
     model: LabeledModelConfig = field(default_factory=LabeledModelConfig)
     train: LabeledTrainConfig = field(default_factory=LabeledTrainConfig)
     eval: LabeledEvalConfig = field(default_factory=LabeledEvalConfig)
-    run: LabeledRunConfig = field(default_factory=LabeledRunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/labels"))
     method: dict[str, Any] = field(default_factory=lambda: {"name": "mrl"})
 
     def to_dict(self) -> dict[str, Any]:

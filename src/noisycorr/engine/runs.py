@@ -18,12 +18,18 @@ from noisycorr.errors import InputError
 from noisycorr.methods.base import Method
 
 
-def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[Config, Method, Vocabulary]:
-    """The config, the method with its best weights (eval mode, on ``device``) and the vocabulary."""
+def read_run_config(run_dir: str | Path) -> Config:
+    """The resolved config saved in a run folder."""
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():
         raise InputError(paths.root, "a run folder with config.yaml", "no config.yaml")
-    cfg = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+    return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[Config, Method, Vocabulary]:
+    """The config, the method with its best weights (eval mode, on ``device``) and the vocabulary."""
+    paths = RunPaths(Path(run_dir))
+    cfg = read_run_config(run_dir)
     vocab = Vocabulary.from_json(paths.root / "vocab.json")
     method = build_method(cfg, vocab, _image_shape(paths))
     load_weights(method, paths.best, expect=weights_metadata(cfg))
