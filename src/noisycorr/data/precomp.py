@@ -67,7 +67,7 @@ class PrecompSplit:
         # (data-loader workers started by spawn/forkserver, multi-process runs).
         state = dict(self.__dict__)
         if isinstance(self.images, np.memmap) and (
-            os.path.abspath(str(self.images.filename)) == os.path.abspath(self.features_path)
+            os.path.realpath(str(self.images.filename)) == os.path.realpath(self.features_path)
         ):
             state["images"] = None
         return state
