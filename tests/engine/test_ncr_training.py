@@ -27,6 +27,8 @@ def test_ncr_trains_end_to_end_with_detection_diagnostics(tiny_root, tmp_path):
     assert rows[0]["det_A_auc"] == "" and rows[0]["warmup"] == "1.0"  # warm-up: no split yet
     for row in rows[1:]:
         assert 0.0 <= float(row["det_A_auc"]) <= 1.0 and 0.0 <= float(row["clean_B"]) <= 1.0
+        # the monotone clean probability ranks pairs as their loss does
+        assert float(row["det_A_auc"]) == pytest.approx(float(row["det_A_loss_auc"]), abs=2e-5)
         assert float(row["loss_clean"]) > 0
     assert float(rows[-1]["loss_noisy"]) > 0  # the noisy subset joined at mid-training
     scores = np.load(tmp_path / "r" / "pair_scores.npy")

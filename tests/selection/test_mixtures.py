@@ -13,6 +13,7 @@ from noisycorr.selection import (
     clean_probability,
     gmm_clean_probability,
     minmax_normalise,
+    monotone_in_loss,
     split_clean,
 )
 
@@ -161,6 +162,41 @@ def test_low_loss_gets_high_clean_probability(estimator):
     assert prob[~clean].mean() < 0.1
     assert prob[np.argmin(losses)] > prob[np.argmax(losses)]
     assert np.mean((prob > 0.5) == clean) > 0.97
+
+
+def skewed_losses(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A narrow clean pile near zero and a wide noisy bump: the raw GMM posterior falls at the far left."""
+    rng = np.random.default_rng(seed)
+    clean = np.abs(rng.normal(0.0, 0.02, 1400))
+    noisy = np.clip(rng.normal(0.35, 0.2, 600), 0.01, None)
+    return np.concatenate([clean, noisy]), np.arange(2000) < 1400
+
+
+@pytest.mark.parametrize("fn", [gmm_clean_probability, bmm_clean_probability])
+def test_clean_probability_never_rises_with_the_loss(fn):
+    losses, _ = skewed_losses()
+    prob = fn(losses)
+    order = np.argsort(losses, kind="stable")
+    assert np.all(np.diff(prob[order]) <= 1e-12)
+    # strictly decreasing left of the posterior's peak: the lowest losses are not tied
+    assert prob[order[0]] > prob[order[len(order) // 10]]
+
+
+def test_raw_gmm_posterior_is_not_monotone_on_skewed_losses():
+    losses, clean = skewed_losses()
+    raw = gmm_clean_probability(losses, monotone=False)
+    fixed = gmm_clean_probability(losses)
+    assert raw[np.argmin(losses)] < raw.max()  # the artefact monotone_in_loss removes
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(clean, fixed) == pytest.approx(roc_auc_score(clean, -losses))
+    np.testing.assert_array_equal(raw > 0.5, fixed > 0.5)
+
+
+def test_monotone_in_loss_keeps_a_decreasing_posterior():
+    x = np.array([0.3, 0.0, 0.1, 0.9, 0.5])
+    prob = 1.0 - x
+    np.testing.assert_allclose(monotone_in_loss(x, prob), prob)
 
 
 def test_gmm_is_deterministic_for_a_seed():

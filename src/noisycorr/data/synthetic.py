@@ -166,8 +166,14 @@ def _captions(world: _World, rng: np.random.Generator, content: dict[str, np.nda
 
 
 def _mention_probs(k: int) -> np.ndarray:
-    """How many of an image's k objects a caption names: mostly 2, sometimes 1 or all."""
-    w = np.array([1.0 if m == 1 else 2.0 if m == 2 else 1.0 / (m - 1) for m in range(1, k + 1)])
+    """How many of an image's k objects a caption names: P(m) grows with m, one object is rare.
+
+    Calibrated so that captions are about as specific as real ones: a caption's word overlap with
+    the other captions of its paired image tells clean from mismatched pairs with ROC-AUC 0.93 at 40 %
+    per-caption noise (Flickr8k captions of ../shared/data/flickr-dev: 0.94;
+    ``benchmarks/bench_caption_ambiguity.py``). Before, with mostly one or two objects named, 0.81.
+    """
+    w = np.array([0.25 if m == 1 else float(m) for m in range(1, k + 1)])
     return w / w.sum()
 
 
@@ -181,10 +187,10 @@ def write_synthetic(
     captions_per_image: int = 5,
     n_regions: int = 8,
     feat_dim: int = 64,
-    n_concepts: int = 40,
+    n_concepts: int = 80,
     n_attributes: int = 8,
     n_scenes: int = 6,
-    synonyms: int = 3,
+    synonyms: int = 2,
     concepts_per_image: tuple[int, int] = (2, 4),
     region_noise: float = 0.35,
     p_background: float = 0.3,

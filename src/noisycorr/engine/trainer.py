@@ -181,6 +181,9 @@ def selection_diagnostics(method: Method, data: PreparedData) -> dict[str, float
     for name, sel in method.selections.items():
         metrics = detection_metrics(sel.prob, sel.clean, data.clean)
         out.update({f"det_{name}_{k}": round(float(v), 5) for k, v in metrics.items()})
+        if sel.loss is not None:
+            loss_auc = detection_metrics(-np.asarray(sel.loss, dtype=np.float64), sel.clean, data.clean)["auc"]
+            out[f"det_{name}_loss_auc"] = round(float(loss_auc), 5)
     return out
 
 

@@ -117,7 +117,7 @@ class NCR(Method):
             )
             prob = clean_probability(losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed)
             clean = split_clean(prob, threshold=self.cfg.p_threshold, min_noisy_fraction=self.cfg.min_noisy_fraction)
-            sel = Selection(prob, clean)
+            sel = Selection(prob, clean, losses.numpy())
             self.selections[name] = sel
             logs[f"clean_{name}"] = float(sel.clean.mean())
         self._peer_prob = {name: torch.from_numpy(sel.prob).float() for name, sel in self.selections.items()}

@@ -8,6 +8,7 @@ from noisycorr.selection.mixtures import (
     clean_probability,
     gmm_clean_probability,
     minmax_normalise,
+    monotone_in_loss,
     split_clean,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "clean_probability",
     "gmm_clean_probability",
     "minmax_normalise",
+    "monotone_in_loss",
     "split_clean",
 ]

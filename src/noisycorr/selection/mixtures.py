@@ -9,7 +9,8 @@ Papers:
 
 Algorithm: mismatched pairs are fitted badly, so their loss is high. The losses of the whole training set
 are min-max normalised to [0, 1], a two-component mixture is fitted to them, and the clean probability of
-a sample is its posterior under the component with the smaller mean. A sample is put in the clean
+a sample is its posterior under the component with the smaller mean, made non-increasing in the loss
+(see ``monotone_in_loss``). A sample is put in the clean
 ("labeled") set when that probability is strictly above a threshold (0.5). When that would leave no
 noisy sample at all, the lowest-probability 1% are moved to the noisy set so that both sets are non-empty.
 
@@ -37,6 +38,7 @@ __all__ = [
     "clean_probability",
     "gmm_clean_probability",
     "minmax_normalise",
+    "monotone_in_loss",
     "split_clean",
 ]
 
@@ -83,6 +85,36 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
 
 
+def monotone_in_loss(x: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Make a clean probability non-increasing in the loss.
+
+    When the clean component is narrower than the noisy one (the usual case), the noisy component's
+    wider tail dominates again below the clean mean: the raw posterior of the very lowest losses
+    falls, and pairs the model fits best would be ranked as less clean than average ones. Left of the
+    posterior's peak ``(x*, p*)`` the probability becomes ``p* + (1 - p*) * (x* - x) / x*``: never below
+    the peak, strictly decreasing in x, 1 at zero loss. Right of it, the running maximum from the right
+    (equal to the posterior where that already decreases).
+
+    Args:
+        x: (N,) normalised losses in [0, 1].
+        prob: (N,) posterior of the clean component at ``x``.
+
+    Returns:
+        (N,) float64 in [0, 1]; samples are ordered as by ``prob`` wherever ``prob`` already falls with x.
+    """
+    order = np.argsort(x, kind="stable")
+    xs, ps = x[order], prob[order]
+    env = np.maximum.accumulate(ps[::-1])[::-1]
+    peak = int(np.argmax(ps))
+    x_peak, p_peak = float(xs[peak]), float(ps[peak])
+    if x_peak > 0.0:
+        left = slice(0, peak)
+        env[left] = p_peak + (1.0 - p_peak) * (x_peak - xs[left]) / x_peak
+    out = np.empty_like(env)
+    out[order] = env
+    return np.clip(out, 0.0, 1.0)
+
+
 def gmm_clean_probability(
     losses: np.ndarray,
     *,
@@ -90,11 +122,13 @@ def gmm_clean_probability(
     max_iter: int = 10,
     tol: float = 1e-2,
     reg_covar: float = 5e-4,
+    monotone: bool = True,
 ) -> np.ndarray:
     """NCR's estimator: posterior of the low-mean component of a 2-component GMM on normalised losses.
 
     The fit is short by design (``max_iter=10`` as in NCR), so scikit-learn's ConvergenceWarning is
-    silenced here.
+    silenced here. ``monotone`` (default) applies :func:`monotone_in_loss`; NCR uses the raw posterior,
+    which ranks the lowest losses below average ones (``monotone=False`` gives it).
 
     Args:
         losses: (N,) per-sample losses (higher = more likely mismatched).
@@ -116,7 +150,8 @@ def gmm_clean_probability(
         gmm.fit(x[:, None])
         post = gmm.predict_proba(x[:, None])
     clean = int(np.argmin(gmm.means_[:, 0]))
-    return np.clip(post[:, clean].astype(np.float64), 0.0, 1.0)
+    prob = np.clip(post[:, clean].astype(np.float64), 0.0, 1.0)
+    return monotone_in_loss(x, prob) if monotone else prob
 
 
 class BetaMixture1D:
@@ -225,13 +260,16 @@ class BetaMixture1D:
         return self._posterior(self._prepare(x))
 
 
-def bmm_clean_probability(losses: np.ndarray, *, max_iter: int = 10, eps: float = 1e-4) -> np.ndarray:
+def bmm_clean_probability(
+    losses: np.ndarray, *, max_iter: int = 10, eps: float = 1e-4, monotone: bool = True
+) -> np.ndarray:
     """BiCro's estimator: posterior of the low-mean component of a Beta mixture on normalised losses.
 
     Args:
         losses: (N,) per-sample losses (higher = more likely mismatched).
         max_iter: EM iterations.
         eps: values are clipped into ``[eps, 1 - eps]``.
+        monotone: apply :func:`monotone_in_loss` (BiCro uses the raw posterior).
 
     Returns:
         (N,) float64 clean probabilities in [0, 1]. When all losses are equal (or N < 2) every sample
@@ -242,7 +280,8 @@ def bmm_clean_probability(losses: np.ndarray, *, max_iter: int = 10, eps: float 
         return np.ones_like(x)
     bmm = BetaMixture1D(max_iter=max_iter, eps=eps).fit(x)
     clean = int(np.argmin(bmm.means))
-    return np.clip(bmm.posterior(x)[:, clean], 0.0, 1.0)
+    prob = np.clip(bmm.posterior(x)[:, clean], 0.0, 1.0)
+    return monotone_in_loss(x, prob) if monotone else prob
 
 
 def clean_probability(losses: np.ndarray, *, estimator: str = "gmm", seed: int = 0) -> np.ndarray:
@@ -294,10 +333,13 @@ class Selection:
     Attributes:
         prob: (N,) float64 clean probability.
         clean: (N,) bool, True = clean.
+        loss: (N,) the per-sample statistic the probabilities came from (higher = more likely
+            mismatched), kept for diagnostics; None when unknown.
     """
 
     prob: np.ndarray
     clean: np.ndarray
+    loss: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.prob = np.asarray(self.prob, dtype=np.float64)
