@@ -33,7 +33,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 
 
 def test_layout_loads(synthetic: Path) -> None:
-    for split, n in (("train", 1000), ("dev", 100), ("test", 200)):
+    for split, n in (("train", 3000), ("dev", 100), ("test", 200)):
         ims = load_precomp(synthetic, split, features="ims")
         pooled = load_precomp(synthetic, split, features="pooled")
         assert ims.images.shape == (n, 8, 64) and ims.images.dtype == np.float32

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the synthetic dataset in the precomp layout")
     p.add_argument("output")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-train", type=int, default=3000)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="train the baseline on the embedded synthetic data, clean and noisy")

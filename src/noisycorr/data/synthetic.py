@@ -181,7 +181,7 @@ def write_synthetic(
     root: str | Path,
     *,
     seed: int = 0,
-    n_train: int = 1000,
+    n_train: int = 3000,
     n_dev: int = 100,
     n_test: int = 200,
     captions_per_image: int = 5,
@@ -205,7 +205,10 @@ def write_synthetic(
     Args:
         root: output folder (created if missing).
         seed: generator seed.
-        n_train, n_dev, n_test: images per split.
+        n_train, n_dev, n_test: images per split. 3,000 training images (15,000 pairs, about
+            Flickr8k's size): at 1,000 a network memorises 40 % mismatched pairs within the
+            warm-up and NCR's clean/noisy split degrades (ROC-AUC 0.86 -> 0.67); at 3,000 it
+            improves during co-training (0.89 -> 0.94).
         captions_per_image: captions per image.
         n_regions: R, regions per image (>= the largest concept count).
         feat_dim: D.
