@@ -199,6 +199,18 @@ def test_monotone_in_loss_keeps_a_decreasing_posterior():
     np.testing.assert_allclose(monotone_in_loss(x, prob), prob)
 
 
+def test_underflowed_posteriors_still_rank_by_loss():
+    # a narrow clean cluster and far outliers: the raw posterior of the outliers is exactly 0
+    rng = np.random.default_rng(11)
+    losses = np.concatenate([rng.normal(0.1, 0.005, 500), rng.uniform(0.5, 1.0, 200)])
+    raw = gmm_clean_probability(losses, monotone=False)
+    assert np.count_nonzero(raw == 0.0) > 10
+    prob = gmm_clean_probability(losses)
+    order = np.argsort(losses)
+    assert np.all(np.diff(prob[order]) < 0.0)
+    np.testing.assert_array_equal(raw > 0.5, prob > 0.5)
+
+
 def test_gmm_is_deterministic_for_a_seed():
     losses, _ = two_cluster_losses(seed=3)
     a = gmm_clean_probability(losses, seed=7)
