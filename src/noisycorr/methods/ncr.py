@@ -83,7 +83,7 @@ class NCR(Method):
         p_threshold: float = 0.5  # clean if the clean probability is above this
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
-        noisy_start: float = 0.5  # the noisy subset joins from epoch floor(noisy_start * epochs) on
+        noisy_start: float = 0.5  # the noisy subset joins from epoch floor(noisy_start * epochs) on; 1.0 = never
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
