@@ -112,9 +112,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f for f in fields(Config)}
-
-
 def _coerce(value: Any, typ: Any, source: str, key: str) -> Any:
     """Check a YAML value against a field type: bool, int, float, str, or an Optional of one."""
     allowed = [a for a in (get_args(typ) or (typ,)) if a is not type(None)]
@@ -151,22 +148,33 @@ def _apply_section(obj: Any, values: dict[str, Any], source: str, section: str) 
         setattr(obj, key, _coerce(value, hints[key], source, f"{section}.{key}"))
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    """Build a :class:`Config` from nested dicts, rejecting unknown sections and keys."""
-    if not isinstance(raw, dict):
-        raise InputError(source, "a mapping of sections", type(raw).__name__)
-    cfg = Config()
+def apply_sections(
+    cfg: Any, raw: dict[str, Any], source: str, *, default_method: str, expected: str = "a section"
+) -> None:
+    """Fill ``cfg``'s dataclass sections from ``raw`` (section -> mapping), rejecting unknown ones.
+
+    The ``method`` section stays a dict, named ``default_method`` unless it names another.
+    """
+    sections = [f.name for f in fields(cfg) if f.name != "task"]
     for section, values in raw.items():
-        if section not in _SECTIONS:
-            raise InputError(source, f"a section among {sorted(_SECTIONS)}", repr(section))
+        if section not in sections:
+            raise InputError(source, f"{expected} among {sorted(sections)}", repr(section))
         if values is None:
             continue
         if not isinstance(values, dict):
             raise InputError(source, f"a mapping under {section!r}", type(values).__name__)
         if section == "method":
-            cfg.method = {"name": "vanilla", **values}
+            cfg.method = {"name": default_method, **values}
         else:
             _apply_section(getattr(cfg, section), values, source, section)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown sections and keys."""
+    if not isinstance(raw, dict):
+        raise InputError(source, "a mapping of sections", type(raw).__name__)
+    cfg = Config()
+    apply_sections(cfg, raw, source, default_method="vanilla")
     return cfg
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from noisycorr.config import RunConfig, _apply_section, _merge, parse_overrides, read_yaml, resolve_preset
+from noisycorr.config import RunConfig, _merge, apply_sections, parse_overrides, read_yaml, resolve_preset
 from noisycorr.data.labeled import (
     LAYOUTS,
     NOISE_KINDS,
@@ -152,29 +152,15 @@ class LabeledConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = [f.name for f in dataclasses.fields(LabeledConfig) if f.name != "task"]
-
-
 def labeled_config_from_dict(raw: dict[str, Any], source: str = "config") -> LabeledConfig:
     """Build a :class:`LabeledConfig` from nested dicts, rejecting unknown sections and keys."""
     if not isinstance(raw, dict):
         raise InputError(source, "a mapping of sections", type(raw).__name__)
+    if "task" in raw and raw["task"] != TASK:
+        raise InputError(source, f"task: {TASK}", repr(raw["task"]), where="task")
     cfg = LabeledConfig()
-    for section, values in raw.items():
-        if section == "task":
-            if values != TASK:
-                raise InputError(source, f"task: {TASK}", repr(values), where="task")
-            continue
-        if section not in _SECTIONS:
-            raise InputError(source, f"task or a section among {sorted(_SECTIONS)}", repr(section))
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise InputError(source, f"a mapping under {section!r}", type(values).__name__)
-        if section == "method":
-            cfg.method = {"name": "mrl", **values}
-        else:
-            _apply_section(getattr(cfg, section), values, source, section)
+    sections = {k: v for k, v in raw.items() if k != "task"}
+    apply_sections(cfg, sections, source, default_method="mrl", expected="task or a section")
     return cfg
 
 
