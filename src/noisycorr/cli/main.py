@@ -1,4 +1,4 @@
-"""The noisycorr command line: train, eval, audit, noise, synth, demo, methods, presets."""
+"""The noisycorr command line: train, eval, audit, bench, noise, synth, demo, methods, presets."""
 
 from __future__ import annotations
 
@@ -173,6 +173,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from noisycorr.bench import load_spec, run_bench, write_report
+    from noisycorr.bench.runner import cell_status, train_command
+
+    spec = load_spec(args.spec, out=args.out, extra=args.overrides)
+    if args.dry_run:
+        cells = spec.cells()
+        print(f"{len(cells)} cells of {spec.source} -> {spec.out}")
+        for cell in cells:
+            cmd = train_command(spec, cell, threads=args.threads or 1, resume=cell_status(cell) == "interrupted")
+            print(f"{cell_status(cell):12s} {cell.key}")
+            if args.verbose:
+                print("             " + " ".join(cmd[1:]))
+        return 0
+    failed = 0
+    if not args.report_only:
+        attempts = run_bench(spec, jobs=args.jobs, threads=args.threads)
+        failed = sum(a.returncode != 0 for a in attempts)
+    report = write_report(spec, plots=not args.no_plots)
+    print(f"report: {report}")
+    if failed:
+        print(f"noisycorr: {failed} cell(s) failed; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from noisycorr.registry import get_method_class, list_methods
 
@@ -221,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the run's data folder, if it moved")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("bench", help="run a grid of methods x noise rates x seeds and write one report")
+    p.add_argument("spec", help="a bench spec YAML, or a shipped one: quick, flickr-dev, paper-f30k, ...")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="with --dry-run: print each cell's command")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: CPUs / jobs)")
+    p.add_argument("--out", help="another output folder than the spec's `out`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value in every cell; repeatable")
+    p.add_argument("--report-only", action="store_true", help="train nothing; report the finished cells")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("noise", help="create or inspect a noise-index file")
     p.add_argument("action", choices=["make", "info"])

@@ -94,15 +94,31 @@ def weights_metadata(cfg: Config, image_shape: tuple[int, ...] | None = None) ->
 _MACHINE_KEYS = ("device", "threads", "num_workers")
 
 
-def _check_resume(paths: RunPaths, cfg: Config) -> None:
-    saved = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+def check_same_settings(config_path: Path, cfg: Config, *, purpose: str = "to resume") -> None:
+    """Raise :class:`InputError` when the run saved at ``config_path`` trained other settings than ``cfg``.
+
+    Where and how fast a run goes (device, threads, workers) and the ``run`` section may differ.
+    """
+    saved = config_from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
     a, b = saved.to_dict(), cfg.to_dict()
-    for key in _MACHINE_KEYS:  # where and how fast it runs may change between the two halves
+    for key in _MACHINE_KEYS:
         a["train"].pop(key), b["train"].pop(key)
     for section in ("data", "noise", "model", "train", "method"):
         if a[section] != b[section]:
             diff = sorted(k for k in set(a[section]) | set(b[section]) if a[section].get(k) != b[section].get(k))
-            raise InputError(paths.config, f"the same {section} settings to resume", f"changed keys {diff}")
+            raise InputError(config_path, f"the same {section} settings {purpose}", f"changed keys {diff}")
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (MiB) and, on CUDA, the peak allocated GPU memory (MiB)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def _updates(
@@ -226,7 +242,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
 
     start_epoch, best, history = 0, {"rsum": -math.inf, "epoch": -1}, []
     if resume and paths.state.exists():
-        _check_resume(paths, cfg)
+        check_same_settings(paths.config, cfg)
         state = load_state(paths.state)
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
@@ -349,5 +365,6 @@ def finish(
             **{k: float(v) for k, v in detection_metrics(scores, clean_pred, data.clean).items()},
             "precision_top10": precision_at_top(1.0 - scores, data.clean, 0.1),
         }
+    results["resources"] = peak_memory()
     write_json(paths.root / "results.json", results)
     return results

@@ -1,0 +1,333 @@
+"""The bench report: per dataset and noise protocol, a table of test rSum (mean ± sd over seeds) with
+R@1 of both directions, a detection table (ROC-AUC of each method's clean probability), the cost of
+every cell (training seconds per epoch, peak memory), and plots (rSum against noise rate; ROC curves).
+
+Cells trained on different noise indices for the same (dataset, protocol, rate) are never put side
+by side: the report stops with the two checksums.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from noisycorr.bench.runner import ATTEMPTS_FILE, RESULTS_FILE, cell_status
+from noisycorr.bench.spec import BenchSpec, Cell
+from noisycorr.config import config_from_dict
+from noisycorr.data.precomp import load_precomp
+from noisycorr.engine.setup import data_root
+from noisycorr.errors import InputError
+
+
+@dataclass
+class CellRecord:
+    """What one cell's folder says about its run."""
+
+    cell: Cell
+    status: str
+    rsum: float | None = None
+    i2t_r1: float | None = None
+    t2i_r1: float | None = None
+    best_epoch: int | None = None  # 1-based
+    epochs: int = 0
+    auc: float | None = None
+    epoch_seconds: float | None = None  # per-sample passes + training, mean over epochs (no validation)
+    peak_rss_mib: float | None = None
+    cuda_peak_mib: float | None = None
+    noise_checksum: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(path, "a JSON file written by noisycorr", f"unreadable ({err})") from None
+
+
+def _epoch_seconds(path: Path) -> tuple[int, float | None]:
+    if not path.is_file():
+        return 0, None
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    secs = [float(r.get("select_seconds") or 0) + float(r.get("train_seconds") or 0) for r in rows]
+    return len(rows), (float(np.mean(secs)) if secs else None)
+
+
+def read_cell(cell: Cell) -> CellRecord:
+    """Collect a cell's results, noise checksum, epoch time and peak memory (None where unknown)."""
+    rec = CellRecord(cell, cell_status(cell))
+    rec.epochs, rec.epoch_seconds = _epoch_seconds(cell.dir / "metrics.csv")
+    if (cell.dir / "noise.json").is_file():
+        rec.noise_checksum = _read_json(cell.dir / "noise.json").get("checksum")
+    peaks = []
+    if (cell.dir / ATTEMPTS_FILE).is_file():
+        peaks = [a.get("peak_rss_mib") for a in _read_json(cell.dir / ATTEMPTS_FILE) if a.get("peak_rss_mib")]
+    if rec.status == "done":
+        res = _read_json(cell.dir / RESULTS_FILE)
+        test = res.get("test") or {}
+        rec.rsum, rec.i2t_r1, rec.t2i_r1 = test.get("rsum"), test.get("i2t_r1"), test.get("t2i_r1")
+        rec.best_epoch = int(res["best"]["epoch"]) + 1 if "best" in res else None
+        rec.auc = (res.get("detection") or {}).get("auc")
+        resources = res.get("resources") or {}
+        if resources.get("peak_rss_mib"):
+            peaks.append(resources["peak_rss_mib"])
+        rec.cuda_peak_mib = resources.get("cuda_peak_mib")
+    rec.peak_rss_mib = max(peaks) if peaks else None
+    return rec
+
+
+def check_noise_files(records: Sequence[CellRecord]) -> None:
+    """Refuse cells of one (dataset, protocol, rate) that trained on different noise indices."""
+    seen: dict[tuple[str, str, float], CellRecord] = {}
+    for rec in records:
+        if rec.status != "done" or rec.cell.rate == 0.0:
+            continue
+        first = seen.setdefault(rec.cell.noise_key, rec)
+        if rec.noise_checksum != first.noise_checksum:
+            raise InputError(
+                rec.cell.dir / "noise.json",
+                f"the noise index of {first.cell.key} (sha256 {str(first.noise_checksum)[:12]}…) "
+                "to compare the two cells",
+                f"sha256 {str(rec.noise_checksum)[:12]}…",
+            )
+
+
+@dataclass
+class Stat:
+    mean: float
+    sd: float  # sample standard deviation over seeds (nan for one seed)
+    n: int
+
+    def text(self, digits: int = 1) -> str:
+        if self.n == 0:
+            return "—"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
+
+
+def aggregate(values: Sequence[float | None]) -> Stat:
+    """Mean and sample standard deviation (ddof 1) of the known values."""
+    vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if vals.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    return Stat(float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else math.nan, int(vals.size))
+
+
+def _groups(spec: BenchSpec) -> list[tuple[str, str, list[float], list[str]]]:
+    return [(ds.name, g.protocol, list(g.rates), [m.name for m in ds.methods]) for ds, g in spec.noise_grids()]
+
+
+def _pick(records: Sequence[CellRecord], dataset: str, protocol: str, rate: float, method: str) -> list[CellRecord]:
+    return [r for r in records if (r.cell.dataset, r.cell.protocol, r.cell.rate, r.cell.method)
+            == (dataset, protocol, rate, method)]
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:g} %"
+
+
+def summary_rows(spec: BenchSpec, records: Sequence[CellRecord]) -> list[dict[str, Any]]:
+    """One row per (dataset, protocol, rate, method): seeds aggregated."""
+    rows = []
+    for dataset, protocol, rates, methods in _groups(spec):
+        for method in methods:
+            for rate in rates:
+                recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
+                row: dict[str, Any] = {"dataset": dataset, "protocol": protocol, "rate": rate, "method": method,
+                                       "seeds_done": len(recs), "seeds": len(spec.seeds)}
+                for name in ("rsum", "i2t_r1", "t2i_r1", "auc"):
+                    s = aggregate([getattr(r, name) for r in recs])
+                    row[f"{name}_mean"], row[f"{name}_sd"] = s.mean, s.sd
+                row["epoch_seconds_mean"] = aggregate([r.epoch_seconds for r in recs]).mean
+                row["peak_rss_mib_max"] = max([r.peak_rss_mib for r in recs if r.peak_rss_mib] or [math.nan])
+                rows.append(row)
+    return rows
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else
+                                 ("" if isinstance(v, float) else v)) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[str, list[str]]) -> str:
+    """The report as Markdown: result, detection and cost tables per dataset and protocol."""
+    out = [f"# Bench report: {spec.source}", ""]
+    if spec.description:
+        out += [spec.description, ""]
+    n_done = sum(r.status == "done" for r in records)
+    out += [f"{n_done} of {len(records)} cells finished; seeds {list(spec.seeds)}. Cells: test split of the "
+            "best-validation epoch, mean ± sample sd over the finished seeds (one value: one seed).", ""]
+    for dataset, protocol, rates, methods in _groups(spec):
+        out += [f"## {dataset}, {protocol} noise", ""]
+        body = []
+        for method in methods:
+            row = [method]
+            for rate in rates:
+                recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
+                rs = aggregate([r.rsum for r in recs])
+                if rs.n == 0:
+                    row.append("—")
+                    continue
+                r1 = f"{aggregate([r.i2t_r1 for r in recs]).mean:.1f} / {aggregate([r.t2i_r1 for r in recs]).mean:.1f}"
+                missing = f", {rs.n} of {len(spec.seeds)} seeds" if rs.n < len(spec.seeds) else ""
+                row.append(f"**{rs.text()}** ({r1}{missing})")
+            body.append(row)
+        out += ["Test rSum (R@1 image→text / text→image):", "",
+                _md_table(["method", *[_pct(r) for r in rates]], body), ""]
+        noisy = [r for r in rates if r > 0]
+        if noisy:
+            det = []
+            for method in methods:
+                det.append([method] + [aggregate([r.auc for r in _pick(records, dataset, protocol, rate, method)
+                                                  if r.status == "done"]).text(3) for rate in noisy])
+            out += ["Detection: ROC-AUC of the clean probability of every training pair (`pair_scores.npy`) "
+                    "against the injected noise:", "", _md_table(["method", *[_pct(r) for r in noisy]], det), ""]
+        cost = []
+        for method in methods:
+            for rate in rates:
+                for r in _pick(records, dataset, protocol, rate, method):
+                    cost.append([method, _pct(rate), str(r.cell.seed), r.status, f"{r.epochs}",
+                                 "—" if r.best_epoch is None else str(r.best_epoch),
+                                 "—" if r.epoch_seconds is None else f"{r.epoch_seconds:.0f}",
+                                 "—" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
+                                 "—" if r.cuda_peak_mib is None else f"{r.cuda_peak_mib:.0f}"])
+        out += ["Cost per cell (seconds per epoch: per-sample passes and training, without validation):", "",
+                _md_table(["method", "noise", "seed", "status", "epochs", "best epoch", "s / epoch",
+                           "peak RSS MiB", "peak GPU MiB"], cost), ""]
+        for png in plots.get(f"{dataset}/{protocol}", []):
+            out += [f"![{png}]({png})", ""]
+    return "\n".join(out)
+
+
+def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
+                methods: list[str], out: Path) -> list[str]:
+    """rSum against noise rate per method; ROC curves per noisy rate (first finished seed per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from noisycorr.eval.detection import roc_points
+
+    written = []
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in methods:
+        xs, ys, es = [], [], []
+        for rate in rates:
+            s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+            if s.n:
+                xs.append(rate * 100)
+                ys.append(s.mean)
+                es.append(0.0 if math.isnan(s.sd) else s.sd)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+    ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    name = f"rsum_{dataset}_{protocol}.png"
+    _save(fig, out / name)
+    plt.close(fig)
+    written.append(name)
+
+    noisy = [r for r in rates if r > 0]
+    if noisy:
+        fig, axes = plt.subplots(1, len(noisy), figsize=(4 * len(noisy), 4), squeeze=False)
+        for ax, rate in zip(axes[0], noisy, strict=True):
+            for method in methods:
+                recs = [r for r in _pick(records, dataset, protocol, rate, method)
+                        if r.status == "done" and (r.cell.dir / "pair_scores.npy").is_file()
+                        and (r.cell.dir / "noise_index.npy").is_file()]
+                if not recs:
+                    continue
+                rec = recs[0]
+                scores = np.load(rec.cell.dir / "pair_scores.npy")
+                truth = _true_clean(rec, protocol, np.load(rec.cell.dir / "noise_index.npy"), scores.shape[0])
+                fpr, tpr = roc_points(scores, truth)
+                ax.plot(fpr, tpr, label=f"{method} (AUC {rec.auc:.3f}, seed {rec.cell.seed})")
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+            ax.set(xlabel="false positive rate", ylabel="true positive rate (clean)", title=f"{_pct(rate)} noise")
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"{dataset}: detection of mismatched pairs")
+        fig.tight_layout()
+        name = f"roc_{dataset}_{protocol}.png"
+        _save(fig, out / name)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _true_clean(rec: CellRecord, protocol: str, index: np.ndarray, n_captions: int) -> np.ndarray:
+    """(N_cap,) ground truth of a cell's injected noise, for its ROC curve."""
+    from noisycorr.data.noise import caption_to_image, clean_mask
+
+    if protocol == "per_image":
+        n_images = index.shape[0]
+    else:
+        cfg = config_from_dict(yaml.safe_load((rec.cell.dir / "config.yaml").read_text(encoding="utf-8")))
+        n_images = load_precomp(data_root(cfg), cfg.data.train_split, features=cfg.data.features,
+                                captions_per_image=cfg.data.captions_per_image).n_images
+    cpi = n_captions // n_images
+    return clean_mask(caption_to_image(protocol, index, n_images, cpi), cpi)
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(spec: BenchSpec, *, plots: bool = True) -> Path:
+    """Read every cell, check the noise rule, write ``report.md``, ``summary.csv``, ``cells.csv`` and
+    the PNG plots into ``{out}/report``; returns the Markdown file."""
+    from noisycorr.engine.plots import have_matplotlib
+
+    records = [read_cell(c) for c in spec.cells()]
+    check_noise_files(records)
+    out = spec.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    pngs: dict[str, list[str]] = {}
+    if plots and have_matplotlib():
+        for dataset, protocol, rates, methods in _groups(spec):
+            pngs[f"{dataset}/{protocol}"] = _plot_group(spec, records, dataset, protocol, rates, methods, out)
+    _write(out / "summary.csv", _csv_text(summary_rows(spec, records)))
+    cells = [{"cell": r.cell.key, "dataset": r.cell.dataset, "protocol": r.cell.protocol, "rate": r.cell.rate,
+              "method": r.cell.method, "seed": r.cell.seed, "status": r.status, "rsum": r.rsum,
+              "i2t_r1": r.i2t_r1, "t2i_r1": r.t2i_r1, "auc": r.auc, "best_epoch": r.best_epoch,
+              "epochs": r.epochs, "epoch_seconds": r.epoch_seconds, "peak_rss_mib": r.peak_rss_mib,
+              "cuda_peak_mib": r.cuda_peak_mib, "noise_sha256": r.noise_checksum, "dir": str(r.cell.dir)}
+             for r in records]
+    _write(out / "cells.csv", _csv_text([{k: (math.nan if v is None else v) for k, v in c.items()} for c in cells]))
+    path = out / "report.md"
+    _write(path, markdown_report(spec, records, pngs))
+    return path

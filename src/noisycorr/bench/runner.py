@@ -1,0 +1,135 @@
+"""Running the cells of a bench: each one an ordinary ``noisycorr train`` in its own process.
+
+A cell with ``results.json`` is finished and is not run again (its saved settings must still match
+the spec); a cell with a checkpoint but no results was interrupted and continues with ``--resume``.
+Every attempt is recorded in the cell's ``bench.json`` (command, wall time, exit code, peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from noisycorr.bench.pins import pin_noise
+from noisycorr.bench.spec import BenchSpec, Cell, cell_config, cell_overrides
+from noisycorr.engine.trainer import STATE_FILE, check_same_settings
+
+RESULTS_FILE = "results.json"
+ATTEMPTS_FILE = "bench.json"
+
+
+def cell_status(cell: Cell) -> str:
+    """``done`` (results written), ``interrupted`` (a checkpoint, no results) or ``new``."""
+    if (cell.dir / RESULTS_FILE).is_file():
+        return "done"
+    if (cell.dir / STATE_FILE).is_file():
+        return "interrupted"
+    return "new"
+
+
+def check_cell(spec: BenchSpec, cell: Cell) -> None:
+    """A cell run earlier must have trained exactly the settings the spec asks for now."""
+    config = cell.dir / "config.yaml"
+    if config.is_file():
+        check_same_settings(config, cell_config(spec, cell), purpose=f"as the spec's cell {cell.key}")
+
+
+def train_command(spec: BenchSpec, cell: Cell, *, threads: int, resume: bool) -> list[str]:
+    """The command line that trains (or continues) a cell."""
+    cmd = [sys.executable, "-m", "noisycorr", "train", "-c", cell.preset]
+    for value in [*cell_overrides(spec, cell), f"train.threads={threads}", "run.progress=false"]:
+        cmd += ["--set", value]
+    return cmd + (["--resume"] if resume else [])
+
+
+@dataclass
+class Attempt:
+    cell: str
+    command: list[str]
+    resumed: bool
+    returncode: int
+    wall_seconds: float
+    peak_rss_mib: float
+
+
+def run_process(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
+    """Run ``cmd`` with its output appended to ``log``; returns (exit code, peak resident MiB of the child)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0
+
+
+def _record(cell: Cell, attempt: Attempt) -> None:
+    path = cell.dir / ATTEMPTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attempts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    attempts.append(attempt.__dict__)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(attempts, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_bench(
+    spec: BenchSpec,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    echo: Callable[[str], None] = print,
+    runner: Callable[[list[str], Path, dict[str, str]], tuple[int, float]] = run_process,
+) -> list[Attempt]:
+    """Pin the noise files, then train every unfinished cell, ``jobs`` at a time.
+
+    Args:
+        jobs: cells trained at once, each in its own process.
+        threads: torch threads per cell (default: the CPU count divided by ``jobs``).
+        runner: runs one command (tests replace it).
+
+    Returns:
+        The attempts made now (finished cells are skipped and make none).
+    """
+    cells = spec.cells()
+    for cell in cells:
+        check_cell(spec, cell)
+    pin_noise(spec)
+    todo = [c for c in cells if cell_status(c) != "done"]
+    echo(f"bench {spec.source}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
+         f"({jobs} at a time) -> {spec.out}")
+    threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    lock, done = threading.Lock(), [0]
+
+    def one(cell: Cell) -> Attempt:
+        resume = cell_status(cell) == "interrupted"
+        cmd = train_command(spec, cell, threads=threads, resume=resume)
+        with lock:
+            echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
+        t0 = time.perf_counter()
+        code, rss = runner(cmd, cell.dir / "train.log", env)
+        attempt = Attempt(cell.key, cmd, resume, code, round(time.perf_counter() - t0, 1), round(rss, 1))
+        _record(cell, attempt)
+        with lock:
+            done[0] += 1
+            what = "done" if code == 0 else f"FAILED (exit {code}, see {cell.dir / 'train.log'})"
+            echo(f"  [{done[0]}/{len(todo)}] {cell.key}: {what} in {attempt.wall_seconds / 60:.1f} min")
+        return attempt
+
+    if jobs <= 1:
+        return [one(c) for c in todo]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, todo))

@@ -1,0 +1,66 @@
+"""Aggregation of seeds and the report files, from cell folders written by hand."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench_helpers import tiny_spec
+
+from noisycorr.bench.report import aggregate, write_report
+from noisycorr.bench.spec import spec_from_dict
+
+
+def test_aggregate_is_mean_and_sample_sd_of_known_values():
+    s = aggregate([200.0, 210.0, None, 230.0])
+    assert s.n == 3 and s.mean == pytest.approx(640 / 3)
+    assert s.sd == pytest.approx(np.std([200, 210, 230], ddof=1))
+    assert s.text() == f"{640 / 3:.1f} ± {np.std([200, 210, 230], ddof=1):.1f}"
+    one = aggregate([5.0])
+    assert one.n == 1 and math.isnan(one.sd) and one.text() == "5.0"
+    assert aggregate([None]).text() == "—"
+
+
+def _fake_cell(cell, rsum, i2t, t2i, auc, checksum, epochs=(10.0, 20.0)):
+    cell.dir.mkdir(parents=True)
+    test = {"rsum": rsum, "i2t_r1": i2t, "t2i_r1": t2i}
+    res = {"best": {"epoch": 1}, "test": test, "resources": {"peak_rss_mib": 300.0 + rsum}}
+    if auc is not None:
+        res["detection"] = {"auc": auc}
+    (cell.dir / "results.json").write_text(json.dumps(res))
+    (cell.dir / "noise.json").write_text(json.dumps({"checksum": checksum}))
+    rows = "epoch,select_seconds,train_seconds\n" + "".join(f"{k},1.0,{s}\n" for k, s in enumerate(epochs))
+    (cell.dir / "metrics.csv").write_text(rows)
+
+
+def test_the_table_aggregates_seeds_per_method_and_rate(tmp_path):
+    spec = spec_from_dict(tiny_spec(Path("/nowhere"), tmp_path / "b", rates=(0.0, 0.4), seeds=(0, 1, 2)), "s.yaml")
+    values, aucs = {}, {}
+    for k, cell in enumerate(spec.cells()):
+        if cell.method == "ncr" and cell.rate == 0.4 and cell.seed == 2:
+            continue  # one unfinished seed
+        rsum = 100.0 + 10 * k
+        values.setdefault((cell.method, cell.rate), []).append(rsum)
+        auc = None if cell.rate == 0 else 0.5 + 0.01 * k
+        aucs.setdefault((cell.method, cell.rate), []).append(auc)
+        _fake_cell(cell, rsum, rsum / 10, rsum / 20, auc, None if cell.rate == 0 else "a" * 64)
+    path = write_report(spec, plots=False)
+    with open(spec.report_dir / "summary.csv") as f:
+        rows = {(r["method"], float(r["rate"])): r for r in csv.DictReader(f)}
+    for key, vals in values.items():
+        row = rows[key]
+        assert float(row["rsum_mean"]) == pytest.approx(np.mean(vals), abs=1e-3)
+        assert float(row["rsum_sd"]) == pytest.approx(np.std(vals, ddof=1), abs=1e-3)
+        assert int(row["seeds_done"]) == len(vals)
+        assert float(row["epoch_seconds_mean"]) == pytest.approx(16.0)
+    text = path.read_text()
+    ncr_04 = values[("ncr", 0.4)]
+    assert f"**{np.mean(ncr_04):.1f} ± {np.std(ncr_04, ddof=1):.1f}**" in text
+    assert "2 of 3 seeds" in text
+    det = aucs[("ncr", 0.4)]
+    assert f"| ncr | {np.mean(det):.3f} ± {np.std(det, ddof=1):.3f} |" in text
+    with open(spec.report_dir / "cells.csv") as f:
+        cells = list(csv.DictReader(f))
+    assert len(cells) == 12 and sum(c["status"] == "new" for c in cells) == 1
