@@ -124,3 +124,20 @@ def test_paths_in_records_are_the_cells(tiny_root, tmp_path):
     spec = _spec(tiny_root, tmp_path / "b", rates=(0.0,), seeds=(0,), methods={"vanilla": "demo"})
     run_bench(spec, runner=Recorder(spec), echo=lambda s: None)
     assert Path(spec.cells()[0].dir, "results.json").is_file()
+
+
+def test_only_filters_the_cells_trained_and_interrupted_ones_go_first(tiny_root, tmp_path):
+    from noisycorr.bench.runner import cell_filter
+
+    spec = _spec(tiny_root, tmp_path / "b", rates=(0.0, 0.5), seeds=(0, 1), methods={"vanilla": "demo"})
+    keep = cell_filter(["rate=0.5", "seed=1,0"])
+    assert [c.key for c in spec.cells() if keep(c)] == ["tiny/per_caption-0.5/vanilla/seed0",
+                                                         "tiny/per_caption-0.5/vanilla/seed1"]
+    last = spec.cells()[-1]
+    last.dir.mkdir(parents=True)
+    (last.dir / "checkpoint.pt").write_bytes(b"")  # looks interrupted: it must be resumed first
+    seen = []
+    run_bench(spec, runner=lambda cmd, log, env: (seen.append(cmd) or (1, 0.0)), echo=lambda s: None, only=keep)
+    assert len(seen) == 2 and "--resume" in seen[0] and f"run.out_dir={last.dir}" in seen[0]
+    with pytest.raises(InputError, match="--only"):
+        cell_filter(["colour=red"])

@@ -21,9 +21,31 @@ from pathlib import Path
 from noisycorr.bench.pins import pin_noise
 from noisycorr.bench.spec import BenchSpec, Cell, cell_config, cell_overrides
 from noisycorr.engine.trainer import STATE_FILE, check_same_settings
+from noisycorr.errors import InputError
 
 RESULTS_FILE = "results.json"
 ATTEMPTS_FILE = "bench.json"
+
+
+def cell_filter(terms: list[str]) -> Callable[[Cell], bool]:
+    """``["method=ncr", "rate=0.4", "rate=0.8"]`` -> a cell predicate: any listed value of every named field."""
+    fields = ("dataset", "protocol", "rate", "method", "seed")
+    wanted: dict[str, set[str]] = {}
+    for term in terms:
+        key, _, value = term.partition("=")
+        if key not in fields or not value:
+            raise InputError("--only", f"FIELD=VALUE with FIELD among {list(fields)}", repr(term))
+        wanted.setdefault(key, set()).update(v.strip() for v in value.split(","))
+
+    def text(cell: Cell, key: str) -> str:
+        value = getattr(cell, key)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def accept(cell: Cell) -> bool:
+        return all(text(cell, k) in {f"{float(v):g}" if k == "rate" else v for v in vals}
+                   for k, vals in wanted.items())
+
+    return accept
 
 
 def cell_status(cell: Cell) -> str:
@@ -92,6 +114,7 @@ def run_bench(
     threads: int | None = None,
     echo: Callable[[str], None] = print,
     runner: Callable[[list[str], Path, dict[str, str]], tuple[int, float]] = run_process,
+    only: Callable[[Cell], bool] | None = None,
 ) -> list[Attempt]:
     """Pin the noise files, then train every unfinished cell, ``jobs`` at a time.
 
@@ -99,6 +122,7 @@ def run_bench(
         jobs: cells trained at once, each in its own process.
         threads: torch threads per cell (default: the CPU count divided by ``jobs``).
         runner: runs one command (tests replace it).
+        only: train only the cells it accepts (the others are still checked and reported).
 
     Returns:
         The attempts made now (finished cells are skipped and make none).
@@ -107,7 +131,8 @@ def run_bench(
     for cell in cells:
         check_cell(spec, cell)
     pin_noise(spec)
-    todo = [c for c in cells if cell_status(c) != "done"]
+    todo = [c for c in cells if cell_status(c) != "done" and (only is None or only(c))]
+    todo.sort(key=lambda c: cell_status(c) != "interrupted")  # finish what was started first
     echo(f"bench {spec.source}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
          f"({jobs} at a time) -> {spec.out}")
     threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))

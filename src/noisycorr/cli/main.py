@@ -175,11 +175,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from noisycorr.bench import load_spec, run_bench, write_report
-    from noisycorr.bench.runner import cell_status, train_command
+    from noisycorr.bench.runner import cell_filter, cell_status, train_command
 
     spec = load_spec(args.spec, out=args.out, extra=args.overrides)
+    only = cell_filter(args.only) if args.only else None
     if args.dry_run:
-        cells = spec.cells()
+        cells = [c for c in spec.cells() if only is None or only(c)]
         print(f"{len(cells)} cells of {spec.source} -> {spec.out}")
         for cell in cells:
             cmd = train_command(spec, cell, threads=args.threads or 1, resume=cell_status(cell) == "interrupted")
@@ -189,7 +190,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     if not args.report_only:
-        attempts = run_bench(spec, jobs=args.jobs, threads=args.threads)
+        attempts = run_bench(spec, jobs=args.jobs, threads=args.threads, only=only)
         failed = sum(a.returncode != 0 for a in attempts)
     report = write_report(spec, plots=not args.no_plots)
     print(f"report: {report}")
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="another output folder than the spec's `out`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value in every cell; repeatable")
+    p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE[,VALUE]",
+                   help="train only matching cells (dataset, protocol, rate, method, seed); repeatable")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished cells")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.set_defaults(func=cmd_bench)
