@@ -131,10 +131,12 @@ def run_bench(
     for cell in cells:
         check_cell(spec, cell)
     pin_noise(spec)
+    finished = [c for c in cells if cell_status(c) == "done"]
     todo = [c for c in cells if cell_status(c) != "done" and (only is None or only(c))]
     todo.sort(key=lambda c: cell_status(c) != "interrupted")  # finish what was started first
-    echo(f"bench {spec.source}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
-         f"({jobs} at a time) -> {spec.out}")
+    skipped = len(cells) - len(finished) - len(todo)
+    echo(f"bench {spec.source}: {len(cells)} cells, {len(finished)} finished, {len(todo)} to run "
+         f"({jobs} at a time)" + (f", {skipped} left out by --only" if skipped else "") + f" -> {spec.out}")
     threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     lock, done = threading.Lock(), [0]
