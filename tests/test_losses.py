@@ -1,6 +1,9 @@
+import math
+
+import pytest
 import torch
 
-from noisycorr.losses import hinge_costs, triplet_loss
+from noisycorr.losses import hinge_costs, rce_infonce_loss, triplet_loss
 
 
 def _naive(scores, margin, hardest):
@@ -37,3 +40,35 @@ def test_hardest_is_at_least_mean():
     hard = triplet_loss(scores, 0.2, hardest=True, reduction="none")
     mean = triplet_loss(scores, 0.2, hardest=False, reduction="none")
     assert torch.all(hard >= mean - 1e-6)
+
+
+def _naive_rce_infonce(scores, tau, eps=1e-7):
+    b = scores.shape[0]
+    total = 0.0
+    for table in (scores, scores.t()):
+        for i in range(b):
+            row = [math.exp(float(table[i, j]) / tau) for j in range(b)]
+            p = [v / sum(row) for v in row]
+            target = [1.0 + eps if j == i else eps for j in range(b)]
+            total += -math.log(p[i]) / b  # cross-entropy
+            total += -sum(p[j] * math.log(target[j]) for j in range(b)) / b  # reverse cross-entropy
+    return 0.5 * total
+
+
+def test_rce_infonce_matches_its_definition_and_is_symmetric():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    got = rce_infonce_loss(scores, 0.05)
+    assert float(got) == pytest.approx(_naive_rce_infonce(scores, 0.05), rel=1e-6)
+    torch.testing.assert_close(got, rce_infonce_loss(scores.t(), 0.05))
+    assert float(rce_infonce_loss(scores, 0.5)) == pytest.approx(_naive_rce_infonce(scores, 0.5), rel=1e-6)
+
+
+def test_rce_infonce_is_small_for_a_clear_diagonal_and_bounded_for_a_wrong_one():
+    good = torch.eye(5) * 2 - 1
+    assert float(rce_infonce_loss(good, 0.05)) < 1e-6
+    wrong = good[[1, 0, 2, 3, 4]]  # two positives point at the wrong partner
+    loss = float(rce_infonce_loss(wrong, 0.05))
+    assert 0 < loss and torch.isfinite(torch.tensor(loss))
+    half = torch.full((3, 3), 0.3, dtype=torch.float16)  # AMP input: computed in float32
+    assert rce_infonce_loss(half).dtype == torch.float32

@@ -55,6 +55,7 @@ class ModelConfig:
     word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
     text_layers: int = 1
     dropout: float = 0.0
+    text_mlp: bool = False  # vse only: IN2R's per-word fc + MLP before the caption GPO
     head: str = "sgr"  # sgraf only: sgr | saf
     sim_dim: int = 256  # sgraf only
     sgr_steps: int = 3  # sgraf only

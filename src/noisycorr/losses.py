@@ -56,3 +56,40 @@ def triplet_loss(
     if reduction == "sum":
         return per_pair.sum()
     raise ValueError(f"reduction must be 'sum', 'mean' or 'none', not {reduction!r}")
+
+
+def rce_infonce_loss(scores: Tensor, temperature: float = 0.05, *, eps: float = 1e-7) -> Tensor:
+    """Symmetric contrastive loss with a reverse cross-entropy term (IN2R; the RCE form of L2RM).
+
+    Each row of ``scores / temperature`` is a softmax over captions (image -> caption), each column a
+    softmax over images. With ``P`` either of the two (B, B) probability tables and the identity as
+    the target, the loss of one direction is
+
+    - cross-entropy: ``mean_i -log P[i, i]``;
+    - reverse cross-entropy, the target and prediction swapped, with the target's zeros replaced by
+      ``eps`` so that its log is finite: ``mean_i -(P[i, i] log(1 + eps) + (1 - P[i, i]) log(eps))``
+      (almost ``-log(eps) * (1 - P[i, i])``: bounded, so a mismatched positive cannot dominate).
+
+    and the result is ``0.5 * (rce_i2t + rce_t2i + ce_i2t + ce_t2i)``. The input may be any (B, B)
+    score matrix with the positives on its diagonal (image-caption, or two views of one modality);
+    the loss is the same for ``scores`` and ``scores.T``.
+
+    Args:
+        scores: (B, B) similarities, positives on the diagonal; computed in float32.
+        temperature: softmax temperature (IN2R: 0.05).
+        eps: the smoothing of the one-hot target inside the reverse cross-entropy.
+
+    Returns:
+        A scalar.
+    """
+    logits = scores.float() / temperature
+    total = logits.new_zeros(())
+    log_tgt_pos = torch.log1p(torch.tensor(eps, dtype=logits.dtype, device=logits.device))
+    log_tgt_neg = torch.log(torch.tensor(eps, dtype=logits.dtype, device=logits.device))
+    for table in (logits, logits.t()):
+        log_p = torch.log_softmax(table, dim=1).diagonal()
+        p = log_p.exp()
+        ce = -log_p.mean()
+        rce = -(p * log_tgt_pos + (1.0 - p) * log_tgt_neg).mean()
+        total = total + ce + rce
+    return 0.5 * total

@@ -53,6 +53,7 @@ class GlobalMLP(Backbone):
         super().__init__()
         if text_pool not in _TEXT_POOLS:
             raise InputError("text_pool", f"one of {list(_TEXT_POOLS)}", repr(text_pool))
+        self.embed_size = embed_size
         self.img_dropout = nn.Dropout(dropout)
         self.img_proj = ResidualMLP(img_dim, embed_size)
         self.text = BiGRUTextEncoder(vocab_size, word_dim, embed_size, text_layers, dropout, word_vectors)

@@ -32,7 +32,8 @@ class VSE(Backbone):
         word_dim: word embedding size.
         word_vectors: optional (vocab_size, word_dim) initial word embedding.
         text_layers: BiGRU layers.
-        dropout: dropout on the input region features and on the word embeddings (IN2R uses 0.3).
+        dropout: element-wise dropout on the input region features and on the word embeddings, in
+            training mode only (IN2R uses 0.3; two forward passes then give two views of a batch).
         text_mlp: add IN2R's per-word ``fc + MLP(embed -> embed/2 -> embed)`` before text GPO.
     """
 
@@ -51,6 +52,7 @@ class VSE(Backbone):
         text_mlp: bool = False,
     ):
         super().__init__()
+        self.embed_size = embed_size
         self.img_dropout = nn.Dropout(dropout)
         self.img_proj = ResidualMLP(img_dim, embed_size)
         self.img_pool = GPO()

@@ -32,9 +32,20 @@ def load_state(path: Path) -> dict[str, Any]:
         raise InputError(path, "a noisycorr training checkpoint", found) from None
 
 
+def weight_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict without its training-only state.
+
+    A module may name state-dict key prefixes in ``training_only_state`` (e.g. a memory bank of
+    embeddings): those tensors go into the resumable training checkpoint but not into exported
+    weights, which hold what evaluation and scoring need.
+    """
+    skip = tuple(getattr(module, "training_only_state", ()))
+    return {k: v for k, v in module.state_dict().items() if not (skip and k.startswith(skip))}
+
+
 def export_weights(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """Write the module's weights as safetensors with string metadata (atomic)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    """Write the module's weights (without training-only state) as safetensors with string metadata (atomic)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weight_state(module).items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -66,7 +77,7 @@ def load_weights(module: nn.Module, path: Path, *, expect: dict[str, str]) -> No
     for key, value in expect.items():
         if meta.get(key, value) != value:
             raise InputError(path, f"weights of {key} {value!r}", f"{key} {meta[key]!r}")
-    own = module.state_dict()
+    own = weight_state(module)
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     if missing or extra:
@@ -76,4 +87,5 @@ def load_weights(module: nn.Module, path: Path, *, expect: dict[str, str]) -> No
         raise InputError(
             path, f"{bad[0]} of shape {tuple(own[bad[0]].shape)}", f"shape {tuple(tensors[bad[0]].shape)}"
         )
-    module.load_state_dict(tensors)
+    # training-only state (absent from the file) keeps its current values
+    module.load_state_dict(tensors, strict=len(own) == len(module.state_dict()))

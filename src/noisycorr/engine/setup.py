@@ -171,6 +171,8 @@ def build_method(cfg: Config, vocab: Vocabulary, image_shape: tuple[int, ...]) -
         text_layers=m.text_layers,
         dropout=m.dropout,
     )
+    if m.backbone == "vse" and m.text_mlp:
+        kwargs.update(text_mlp=True)
     if m.backbone == "sgraf":
         kwargs.update(head=m.head, sim_dim=m.sim_dim, sgr_steps=m.sgr_steps, num_regions=int(image_shape[0]))
     method_values = dict(cfg.method)

@@ -63,6 +63,8 @@ class Method(nn.Module):
 
     citation: ClassVar[str] = ""
     task: ClassVar[str] = "pairs"
+    # State-dict key prefixes saved in the resumable checkpoint but not in the exported best weights.
+    training_only_state: ClassVar[tuple[str, ...]] = ()
 
     @dataclasses.dataclass
     class Config:

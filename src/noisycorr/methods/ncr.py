@@ -23,7 +23,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,9 +31,9 @@ from noisycorr.data.dataset import PairBatch
 from noisycorr.engine.context import TrainContext
 from noisycorr.errors import InputError
 from noisycorr.losses import hinge_costs, triplet_loss
-from noisycorr.methods.base import Method, Phase, StepOutput
+from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.coteaching import CoTeachingMethod
 from noisycorr.registry import register_method
-from noisycorr.selection import Selection, clean_probability, split_clean
 
 SOFT_MARGINS: dict[str, Callable[[Tensor], Tensor]] = {
     "exponential": lambda y: (torch.pow(10.0, y) - 1.0) / 9.0,
@@ -68,7 +67,7 @@ def match_confidence(scores: Tensor, margin: float, top_fraction: float = 0.1) -
 
 
 @register_method("ncr")
-class NCR(Method):
+class NCR(CoTeachingMethod):
     """Noisy Correspondence Rectifier: co-teaching with GMM splits and soft margins (Huang et al., NeurIPS 2021)."""
 
     citation = (
@@ -87,53 +86,24 @@ class NCR(Method):
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
-        super().__init__(cfg, build_backbone)
         if cfg.soft_margin not in SOFT_MARGINS:
             raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
-        self.net_a = build_backbone()
-        self.net_b = build_backbone()
+        super().__init__(cfg, build_backbone)
         self.noisy_from_epoch = 0
-        # The peer's clean probability of every training pair (CPU), indexed by sample index.
-        self._peer_prob: dict[str, Tensor] = {}
-
-    def nets(self) -> dict[str, Backbone]:
-        return {"A": self.net_a, "B": self.net_b}
-
-    @staticmethod
-    def peer(name: str) -> str:
-        return "B" if name == "A" else "A"
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> dict[str, float]:
         self.noisy_from_epoch = int(self.cfg.noisy_start * ctx.epochs)
         if epoch < self.cfg.warmup_epochs:
             self.selections = {}
             return {"warmup": 1.0}
-        logs: dict[str, float] = {"warmup": 0.0}
-        for name, net in self.nets().items():
-            losses = ctx.per_sample(
-                lambda b, n=net: self.per_sample_loss(n, b, self.cfg.margin),
-                batch_size=self.cfg.pass_batch_size,
-                desc=f"per-sample pass {name}",
-            )
-            prob = clean_probability(losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed)
-            clean = split_clean(prob, threshold=self.cfg.p_threshold, min_noisy_fraction=self.cfg.min_noisy_fraction)
-            sel = Selection(prob, clean, losses.numpy())
-            self.selections[name] = sel
-            logs[f"clean_{name}"] = float(sel.clean.mean())
-        self._peer_prob = {name: torch.from_numpy(sel.prob).float() for name, sel in self.selections.items()}
-        return logs
+        return {"warmup": 0.0, **self.fit_selections(ctx)}
 
     def epoch_phases(self, epoch: int) -> list[Phase]:
         """Warm-up: each network on all pairs. Then network X trains on its peer's clean split,
         with the peer's noisy split alongside (used from ``noisy_start`` on)."""
-        if epoch < self.cfg.warmup_epochs or not self.selections:
+        if self.in_warmup(epoch):
             return [Phase("A"), Phase("B")]
-        phases = []
-        for name in ("A", "B"):
-            split = self.selections[self.peer(name)]
-            side = np.flatnonzero(~split.clean) if epoch >= self.noisy_from_epoch else None
-            phases.append(Phase(name, indices=np.flatnonzero(split.clean), side=side))
-        return phases
+        return self.peer_phases(with_side=epoch >= self.noisy_from_epoch)
 
     def _scores(self, net: Backbone, batch: PairBatch) -> Tensor:
         img = net.encode_images(batch.images)
@@ -154,7 +124,7 @@ class NCR(Method):
         self, batch: PairBatch, epoch: int, *, phase: str = "A", side: PairBatch | None = None
     ) -> Iterator[StepOutput]:
         net = self.nets()[phase]
-        if epoch < self.cfg.warmup_epochs or not self.selections:
+        if self.in_warmup(epoch):
             loss = triplet_loss(self._scores(net, batch), self.cfg.margin, hardest=False)
             yield {f"warmup_{phase}": loss}, {}
             return
