@@ -141,3 +141,16 @@ def test_only_filters_the_cells_trained_and_interrupted_ones_go_first(tiny_root,
     assert len(seen) == 2 and "--resume" in seen[0] and f"run.out_dir={last.dir}" in seen[0]
     with pytest.raises(InputError, match="--only"):
         cell_filter(["colour=red"])
+
+
+def test_a_cell_trained_by_another_bench_process_is_skipped(tiny_root, tmp_path):
+    import fcntl
+
+    spec = _spec(tiny_root, tmp_path / "b", rates=(0.0,), seeds=(0, 1), methods={"vanilla": "demo"})
+    busy = spec.cells()[0]
+    busy.dir.mkdir(parents=True)
+    with open(busy.dir / "bench.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another bench holds this cell
+        seen = []
+        made = run_bench(spec, runner=lambda cmd, log, env: (seen.append(cmd) or (0, 0.0)), echo=lambda s: None)
+    assert len(made) == 1 and made[0].cell == spec.cells()[1].key and len(seen) == 1

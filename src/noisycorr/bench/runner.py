@@ -7,13 +7,15 @@ Every attempt is recorded in the cell's ``bench.json`` (command, wall time, exit
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from noisycorr.errors import InputError
 
 RESULTS_FILE = "results.json"
 ATTEMPTS_FILE = "bench.json"
+LOCK_FILE = "bench.lock"
 
 
 def cell_filter(terms: list[str]) -> Callable[[Cell], bool]:
@@ -141,15 +144,20 @@ def run_bench(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     lock, done = threading.Lock(), [0]
 
-    def one(cell: Cell) -> Attempt:
-        resume = cell_status(cell) == "interrupted"
-        cmd = train_command(spec, cell, threads=threads, resume=resume)
-        with lock:
-            echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
-        t0 = time.perf_counter()
-        code, rss = runner(cmd, cell.dir / "train.log", env)
-        attempt = Attempt(cell.key, cmd, resume, code, round(time.perf_counter() - t0, 1), round(rss, 1))
-        _record(cell, attempt)
+    def one(cell: Cell) -> Attempt | None:
+        with cell_lock(cell) as mine:
+            if not mine or cell_status(cell) == "done":
+                with lock:
+                    echo(f"  skip {cell.key}: {'finished' if mine else 'being trained by another process'}")
+                return None
+            resume = cell_status(cell) == "interrupted"
+            cmd = train_command(spec, cell, threads=threads, resume=resume)
+            with lock:
+                echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
+            t0 = time.perf_counter()
+            code, rss = runner(cmd, cell.dir / "train.log", env)
+            attempt = Attempt(cell.key, cmd, resume, code, round(time.perf_counter() - t0, 1), round(rss, 1))
+            _record(cell, attempt)
         with lock:
             done[0] += 1
             what = "done" if code == 0 else f"FAILED (exit {code}, see {cell.dir / 'train.log'})"
@@ -157,6 +165,25 @@ def run_bench(
         return attempt
 
     if jobs <= 1:
-        return [one(c) for c in todo]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, todo))
+        made = [one(c) for c in todo]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            made = list(pool.map(one, todo))
+    return [a for a in made if a is not None]
+
+
+@contextlib.contextmanager
+def cell_lock(cell: Cell) -> Iterator[bool]:
+    """Hold an exclusive lock on the cell while it trains; yields False when another process holds it,
+    so several bench processes (one per GPU, say) can share one spec."""
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    with open(cell.dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
