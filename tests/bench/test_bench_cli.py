@@ -29,10 +29,10 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tiny_root, tmp_path, capsys)
 def test_quick_spec_runs_every_cell_in_its_own_process_and_reports(tiny_root, tmp_path, capsys):
     out = tmp_path / "b"
     assert main(_args(tiny_root, out)) == 0
-    report = (out / "report" / "report.md").read_text()
+    report = (out / "report" / "quick" / "report.md").read_text()
     assert "synthetic, per_caption noise" in report and "4 of 4 cells finished" in report
     for name in ("summary.csv", "cells.csv", "rsum_synthetic_per_caption.png", "roc_synthetic_per_caption.png"):
-        assert (out / "report" / name).is_file(), name
+        assert (out / "report" / "quick" / name).is_file(), name
     attempts = json.loads((out / "synthetic" / "per_caption-0.6" / "ncr" / "seed0" / "bench.json").read_text())
     assert attempts[0]["returncode"] == 0 and attempts[0]["peak_rss_mib"] > 50
     capsys.readouterr()

@@ -114,7 +114,8 @@ class BenchSpec:
 
     @property
     def report_dir(self) -> Path:
-        return self.out / "report"
+        """``{out}/report/{spec name}``: specs may share one output folder (and their common cells)."""
+        return self.out / "report" / Path(self.source).stem
 
     def noise_grids(self) -> list[tuple[DatasetEntry, NoiseGrid]]:
         return [(d, g) for d in self.datasets for g in d.noise]
