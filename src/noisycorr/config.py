@@ -219,18 +219,23 @@ def preset_dir() -> Path:
     return Path(__file__).parent / "configs"
 
 
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (``flickr-dev-vse``) or a path to a YAML file."""
+def resolve_named_yaml(name_or_path: str, folder: Path, *, what: str, option: str) -> Path:
+    """A YAML file shipped in ``folder`` by its name, or a path to any YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
         if not path.is_file():
-            raise InputError(path, "an existing YAML config file", "no such file")
+            raise InputError(path, f"an existing {what} (YAML)", "no such file")
         return path
-    candidate = preset_dir() / f"{name_or_path}.yaml"
+    candidate = folder / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
-        raise InputError("--config", f"a YAML path or one of the presets {names}", repr(name_or_path))
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise InputError(option, f"a YAML path or one of the shipped {what}s {names}", repr(name_or_path))
     return candidate
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset name (``flickr-dev-vse``) or a path to a YAML file."""
+    return resolve_named_yaml(name_or_path, preset_dir(), what="preset", option="--config")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

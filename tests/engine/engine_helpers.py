@@ -1,6 +1,12 @@
 """Shared settings for the engine tests."""
 
+import contextlib
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from noisycorr.engine import trainer as trainer_mod
 
 
 def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
@@ -20,3 +26,33 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@contextlib.contextmanager
+def killed_after_epoch(monkeypatch, epoch: int):
+    """Training inside this block dies (KeyboardInterrupt) right after the checkpoint of ``epoch``."""
+    real_save = trainer_mod.atomic_torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if obj["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "atomic_torch_save", save_then_die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(trainer_mod, "atomic_torch_save", real_save)
+
+
+def use_random_truth_mask(monkeypatch) -> None:
+    """From now on the prepared data carries a random ground-truth mask instead of the real one."""
+    real_prepare = trainer_mod.prepare_data
+
+    def prepare_with_another_mask(cfg, **kwargs):
+        data = real_prepare(cfg, **kwargs)
+        data.clean = np.random.default_rng(1).random(len(data.clean)) > 0.5
+        return data
+
+    monkeypatch.setattr(trainer_mod, "prepare_data", prepare_with_another_mask)

@@ -6,11 +6,10 @@ import csv
 import numpy as np
 import pytest
 import torch
-from engine_helpers import tiny_overrides
+from engine_helpers import killed_after_epoch, tiny_overrides, use_random_truth_mask
 from safetensors.torch import load_file
 
 from noisycorr.config import load_config
-from noisycorr.engine import trainer as trainer_mod
 from noisycorr.engine.checkpoint import load_state
 from noisycorr.engine.runs import evaluate_run
 from noisycorr.engine.trainer import train
@@ -49,17 +48,8 @@ def test_in2r_warms_up_then_rectifies_with_the_memory_and_resumes_exactly(tiny_r
     assert any(k.startswith("refiners.A_i2t.") for k in weights)
     assert evaluate_run(tmp_path / "a")["rsum"] == pytest.approx(straight["test"]["rsum"])
 
-    real_save = trainer_mod.atomic_torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 1):
         train(_cfg(tiny_root, tmp_path / "b"))
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", real_save)
     resumed = train(_cfg(tiny_root, tmp_path / "b"), resume=True)
     assert resumed["test"] == straight["test"]
     timeless = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in _rows(tmp_path / "b")]
@@ -68,14 +58,7 @@ def test_in2r_warms_up_then_rectifies_with_the_memory_and_resumes_exactly(tiny_r
 
 def test_in2r_training_is_bit_identical_whatever_the_ground_truth_mask(tiny_root, tmp_path, monkeypatch):
     train(_cfg(tiny_root, tmp_path / "true", **{"train.epochs": 2}))
-    real_prepare = trainer_mod.prepare_data
-
-    def prepare_with_another_mask(cfg, **kwargs):
-        data = real_prepare(cfg, **kwargs)
-        data.clean = np.random.default_rng(1).random(len(data.clean)) > 0.5
-        return data
-
-    monkeypatch.setattr(trainer_mod, "prepare_data", prepare_with_another_mask)
+    use_random_truth_mask(monkeypatch)
     train(_cfg(tiny_root, tmp_path / "fake", **{"train.epochs": 2}))
 
     a, b = load_state(tmp_path / "true" / "checkpoint.pt"), load_state(tmp_path / "fake" / "checkpoint.pt")

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from engine_helpers import tiny_overrides
+from engine_helpers import tiny_overrides, use_random_truth_mask
 
 from noisycorr.config import load_config
-from noisycorr.engine import trainer as trainer_mod
 from noisycorr.engine.checkpoint import load_state
 from noisycorr.engine.trainer import train
 
@@ -41,14 +40,7 @@ def test_ncr_trains_end_to_end_with_detection_diagnostics(tiny_root, tmp_path):
 def test_training_is_bit_identical_whatever_the_ground_truth_mask(tiny_root, tmp_path, monkeypatch):
     """The mask only reaches the log: replace it by another one and nothing else may change."""
     train(load_config("demo-ncr", tiny_overrides(tiny_root, tmp_path / "true", **NCR_TINY)))
-    real_prepare = trainer_mod.prepare_data
-
-    def prepare_with_another_mask(cfg, **kwargs):
-        data = real_prepare(cfg, **kwargs)
-        data.clean = np.random.default_rng(1).random(len(data.clean)) > 0.5
-        return data
-
-    monkeypatch.setattr(trainer_mod, "prepare_data", prepare_with_another_mask)
+    use_random_truth_mask(monkeypatch)
     train(load_config("demo-ncr", tiny_overrides(tiny_root, tmp_path / "fake", **NCR_TINY)))
 
     a, b = load_state(tmp_path / "true" / "checkpoint.pt"), load_state(tmp_path / "fake" / "checkpoint.pt")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from engine_helpers import tiny_overrides
+from engine_helpers import killed_after_epoch, tiny_overrides
 
 from noisycorr.config import load_config
 from noisycorr.engine import trainer as trainer_mod
@@ -41,18 +41,9 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_root, tmp_pa
     overrides = {"noise.rate": 0.4, "data.region_drop": 0.2, "data.token_aug": 0.2}
     straight = train(load_config("demo", tiny_overrides(tiny_root, tmp_path / "a", **overrides)))
 
-    real_save = trainer_mod.atomic_torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", save_then_die)
     cfg_b = load_config("demo", tiny_overrides(tiny_root, tmp_path / "b", **overrides))
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 1):
         train(cfg_b)
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", real_save)
     with pytest.raises(InputError, match="resume"):
         train(cfg_b)
     resumed = train(cfg_b, resume=True)

@@ -4,10 +4,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from method_helpers import random_batch
 
 from noisycorr.backbones.vse import VSE
 from noisycorr.config import EvalConfig
-from noisycorr.data.dataset import PairBatch
 from noisycorr.data.precomp import load_precomp
 from noisycorr.data.synthetic import write_synthetic
 from noisycorr.data.vocab import Vocabulary
@@ -28,17 +28,7 @@ def _in2r(dropout: float = 0.0, **cfg) -> IN2R:
     )
 
 
-def _batch(n: int, offset: int = 0) -> PairBatch:
-    g = torch.Generator().manual_seed(n + offset)
-    lengths = torch.randint(3, 7, (n,), generator=g)
-    tokens = torch.randint(4, 30, (n, 6), generator=g) * (torch.arange(6) < lengths[:, None])
-    return PairBatch(
-        images=torch.randn(n, 5, 8, generator=g),
-        tokens=tokens,
-        lengths=lengths,
-        index=torch.arange(offset, offset + n),
-        image_index=torch.arange(offset, offset + n),
-    )
+_batch = random_batch
 
 
 def _set_splits(m: IN2R, prob_a: np.ndarray, prob_b: np.ndarray) -> None:

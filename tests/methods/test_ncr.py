@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from method_helpers import random_batch
 
 from noisycorr.backbones.vse import VSE
-from noisycorr.data.dataset import PairBatch
 from noisycorr.methods.ncr import NCR, match_confidence, soft_margin
 from noisycorr.selection import Selection
 
@@ -13,17 +13,7 @@ def _ncr(**cfg) -> NCR:
     return NCR(NCR.Config(**cfg), lambda: VSE(vocab_size=30, img_dim=8, embed_size=16, word_dim=8))
 
 
-def _batch(n: int, offset: int = 0) -> PairBatch:
-    g = torch.Generator().manual_seed(n + offset)
-    lengths = torch.randint(3, 7, (n,), generator=g)
-    tokens = torch.randint(4, 30, (n, 6), generator=g) * (torch.arange(6) < lengths[:, None])
-    return PairBatch(
-        images=torch.randn(n, 5, 8, generator=g),
-        tokens=tokens,
-        lengths=lengths,
-        index=torch.arange(offset, offset + n),
-        image_index=torch.arange(offset, offset + n),
-    )
+_batch = random_batch
 
 
 def test_soft_margin_functions_match_the_paper():

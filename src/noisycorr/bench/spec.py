@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from noisycorr.config import Config, load_config, read_yaml
+from noisycorr.config import Config, load_config, read_yaml, resolve_named_yaml
 from noisycorr.errors import InputError
 
 PROTOCOLS = ("per_caption", "per_image")
@@ -307,16 +307,7 @@ def spec_dir() -> Path:
 
 def resolve_spec(name_or_path: str) -> Path:
     """A shipped spec name (``flickr-dev``) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if not path.is_file():
-            raise InputError(path, "an existing benchmark spec (YAML)", "no such file")
-        return path
-    candidate = spec_dir() / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        names = sorted(p.stem for p in spec_dir().glob("*.yaml"))
-        raise InputError("noisycorr bench", f"a YAML path or one of the shipped specs {names}", repr(name_or_path))
-    return candidate
+    return resolve_named_yaml(name_or_path, spec_dir(), what="bench spec", option="noisycorr bench")
 
 
 def load_spec(name_or_path: str, *, out: str | None = None, extra: list[str] | None = None) -> BenchSpec:
