@@ -271,7 +271,8 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
                 ax.plot(fpr, tpr, label=f"{method} (AUC {rec.auc:.3f}, seed {rec.cell.seed})")
             ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
             ax.set(xlabel="false positive rate", ylabel="true positive rate (clean)", title=f"{_pct(rate)} noise")
-            ax.legend(fontsize=7, loc="lower right")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right")
         fig.suptitle(f"{dataset}: detection of mismatched pairs")
         fig.tight_layout()
         name = f"roc_{dataset}_{protocol}.png"
