@@ -151,6 +151,7 @@ def test_a_cell_trained_by_another_bench_process_is_skipped(tiny_root, tmp_path)
     busy.dir.mkdir(parents=True)
     with open(busy.dir / "bench.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # another bench holds this cell
+        assert cell_status(busy) == "training"
         seen = []
         made = run_bench(spec, runner=lambda cmd, log, env: (seen.append(cmd) or (0, 0.0)), echo=lambda s: None)
     assert len(made) == 1 and made[0].cell == spec.cells()[1].key and len(seen) == 1

@@ -52,9 +52,16 @@ def cell_filter(terms: list[str]) -> Callable[[Cell], bool]:
 
 
 def cell_status(cell: Cell) -> str:
-    """``done`` (results written), ``interrupted`` (a checkpoint, no results) or ``new``."""
+    """``done`` (results written), ``training`` (locked by a bench process), ``interrupted`` (a
+    checkpoint, no results, no lock) or ``new``."""
     if (cell.dir / RESULTS_FILE).is_file():
         return "done"
+    if (cell.dir / LOCK_FILE).is_file():
+        with open(cell.dir / LOCK_FILE) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "training"
     if (cell.dir / STATE_FILE).is_file():
         return "interrupted"
     return "new"
@@ -146,11 +153,11 @@ def run_bench(
 
     def one(cell: Cell) -> Attempt | None:
         with cell_lock(cell) as mine:
-            if not mine or cell_status(cell) == "done":
+            if not mine or (cell.dir / RESULTS_FILE).is_file():
                 with lock:
                     echo(f"  skip {cell.key}: {'finished' if mine else 'being trained by another process'}")
                 return None
-            resume = cell_status(cell) == "interrupted"
+            resume = (cell.dir / STATE_FILE).is_file()
             cmd = train_command(spec, cell, threads=threads, resume=resume)
             with lock:
                 echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
