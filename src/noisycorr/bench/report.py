@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from noisycorr.bench.pins import pin_key, read_pins
 from noisycorr.bench.runner import ATTEMPTS_FILE, RESULTS_FILE, cell_status
 from noisycorr.bench.spec import BenchSpec, Cell
 from noisycorr.config import config_from_dict
@@ -175,6 +176,7 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
 
 def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[str, list[str]]) -> str:
     """The report as Markdown: result, detection and cost tables per dataset and protocol."""
+    pins = read_pins(spec)
     out = [f"# Bench report: {spec.source}", ""]
     if spec.description:
         out += [spec.description, ""]
@@ -198,6 +200,14 @@ def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[
             body.append(row)
         out += ["Test rSum (R@1 image→text / text→image):", "",
                 _md_table(["method", *[_pct(r) for r in rates]], body), ""]
+        pinned = [(rate, pins.get(pin_key(dataset, protocol, rate))) for rate in rates if rate > 0]
+        if pinned:
+            described = [
+                f"{_pct(rate)}: `{pin.file}` sha256 `{pin.checksum[:16]}…`, realised rate {pin.realised_rate:.4f}"
+                if pin else f"{_pct(rate)}: not pinned yet"
+                for rate, pin in pinned
+            ]
+            out += ["Noise indices (every cell of a column trained on this file): " + "; ".join(described), ""]
         noisy = [r for r in rates if r > 0]
         if noisy:
             det = []
