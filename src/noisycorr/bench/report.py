@@ -174,6 +174,33 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def rsum_table(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
+               methods: list[str]) -> str:
+    """Markdown table: rows methods, columns rates, cells test rSum (mean ± sd) and both R@1."""
+    body = []
+    for method in methods:
+        row = [method]
+        for rate in rates:
+            recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
+            rs = aggregate([r.rsum for r in recs])
+            if rs.n == 0:
+                row.append("—")
+                continue
+            r1 = f"{aggregate([r.i2t_r1 for r in recs]).mean:.1f} / {aggregate([r.t2i_r1 for r in recs]).mean:.1f}"
+            missing = f", {rs.n} of {len(spec.seeds)} seeds" if rs.n < len(spec.seeds) else ""
+            row.append(f"**{rs.text()}** ({r1}{missing})")
+        body.append(row)
+    return _md_table(["method", *[_pct(r) for r in rates]], body)
+
+
+def summary_text(spec: BenchSpec) -> str:
+    """The rSum tables of every dataset and protocol, for the terminal."""
+    records = [read_cell(c) for c in spec.cells()]
+    return "\n\n".join(f"{dataset}, {protocol} noise: test rSum (R@1 i2t / t2i)\n"
+                        + rsum_table(spec, records, dataset, protocol, rates, methods)
+                        for dataset, protocol, rates, methods in _groups(spec))
+
+
 def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[str, list[str]]) -> str:
     """The report as Markdown: result, detection and cost tables per dataset and protocol."""
     pins = read_pins(spec)
@@ -185,21 +212,8 @@ def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[
             "best-validation epoch, mean ± sample sd over the finished seeds (one value: one seed).", ""]
     for dataset, protocol, rates, methods in _groups(spec):
         out += [f"## {dataset}, {protocol} noise", ""]
-        body = []
-        for method in methods:
-            row = [method]
-            for rate in rates:
-                recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
-                rs = aggregate([r.rsum for r in recs])
-                if rs.n == 0:
-                    row.append("—")
-                    continue
-                r1 = f"{aggregate([r.i2t_r1 for r in recs]).mean:.1f} / {aggregate([r.t2i_r1 for r in recs]).mean:.1f}"
-                missing = f", {rs.n} of {len(spec.seeds)} seeds" if rs.n < len(spec.seeds) else ""
-                row.append(f"**{rs.text()}** ({r1}{missing})")
-            body.append(row)
         out += ["Test rSum (R@1 image→text / text→image):", "",
-                _md_table(["method", *[_pct(r) for r in rates]], body), ""]
+                rsum_table(spec, records, dataset, protocol, rates, methods), ""]
         pinned = [(rate, pins.get(pin_key(dataset, protocol, rate))) for rate in rates if rate > 0]
         if pinned:
             described = [

@@ -175,6 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from noisycorr.bench import load_spec, run_bench, write_report
+    from noisycorr.bench.report import summary_text
     from noisycorr.bench.runner import cell_filter, cell_status, train_command
 
     spec = load_spec(args.spec, out=args.out, extra=args.overrides)
@@ -193,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         attempts = run_bench(spec, jobs=args.jobs, threads=args.threads, only=only)
         failed = sum(a.returncode != 0 for a in attempts)
     report = write_report(spec, plots=not args.no_plots)
-    print(f"report: {report}")
+    print(f"\n{summary_text(spec)}\n\nreport: {report}")
     if failed:
         print(f"noisycorr: {failed} cell(s) failed; run the same command again to retry them", file=sys.stderr)
         return 1
