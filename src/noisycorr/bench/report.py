@@ -268,7 +268,7 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
                 ys.append(s.mean)
                 es.append(0.0 if math.isnan(s.sd) else s.sd)
         if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=f"C{methods.index(method)}")
     ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -292,7 +292,8 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
                 scores = np.load(rec.cell.dir / "pair_scores.npy")
                 truth = _true_clean(rec, protocol, np.load(rec.cell.dir / "noise_index.npy"), scores.shape[0])
                 fpr, tpr = roc_points(scores, truth)
-                ax.plot(fpr, tpr, label=f"{method} (AUC {rec.auc:.3f}, seed {rec.cell.seed})")
+                ax.plot(fpr, tpr, color=f"C{methods.index(method)}",
+                        label=f"{method} (AUC {rec.auc:.3f}, seed {rec.cell.seed})")
             ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
             ax.set(xlabel="false positive rate", ylabel="true positive rate (clean)", title=f"{_pct(rate)} noise")
             if ax.get_legend_handles_labels()[0]:
