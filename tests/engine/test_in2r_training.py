@@ -15,7 +15,8 @@ from noisycorr.engine.runs import evaluate_run
 from noisycorr.engine.trainer import train
 
 # 480 pairs in batches of 16; a 64-pair memory is full after a few steps and then overwritten.
-IN2R_TINY = {"noise.rate": 0.4, "train.epochs": 3, "train.batch_size": 16, "method.queue_size": 64}
+IN2R_TINY = {"noise.rate": 0.4, "train.epochs": 3, "train.batch_size": 16, "method.queue_size": 64,
+             "method.warmup_epochs": 1}
 
 
 def _rows(run):
