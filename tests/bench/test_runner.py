@@ -10,7 +10,6 @@ from bench_helpers import tiny_spec
 from noisycorr.bench import pin_noise, run_bench, write_report
 from noisycorr.bench.runner import cell_status, run_process
 from noisycorr.bench.spec import cell_config, spec_from_dict
-from noisycorr.engine import trainer
 from noisycorr.engine.trainer import train
 from noisycorr.errors import InputError
 
@@ -25,7 +24,7 @@ class Recorder:
         self.commands.append(cmd)
         out = next(a for a in cmd if a.startswith("run.out_dir="))
         cell = next(c for c in self.spec.cells() if f"run.out_dir={c.dir}" == out)
-        train(cell_config(self.spec, cell), resume="--resume" in cmd)
+        train(cell_config(cell), resume="--resume" in cmd)
         return 0, 1.0
 
 
@@ -33,21 +32,12 @@ def _spec(tiny_root, out, **kw):
     return spec_from_dict(tiny_spec(tiny_root, out, **kw), "spec.yaml")
 
 
-def test_finished_cells_are_not_run_again_and_killed_ones_continue(tiny_root, tmp_path, monkeypatch):
+def test_finished_cells_are_not_run_again_and_killed_ones_continue(tiny_root, tmp_path, killed_after_epoch):
     spec = _spec(tiny_root, tmp_path / "b", rates=(0.5,), seeds=(0,), methods={"ncr": "demo-ncr"})
     (cell,) = spec.cells()
     pin_noise(spec)
-    # Kill the run right after its first epoch's checkpoint is written.
-    real_save = trainer.atomic_torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(cell_config(spec, cell))
-    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    with killed_after_epoch(0):  # killed right after its first epoch's checkpoint
+        train(cell_config(cell))
     first_epoch = (cell.dir / "metrics.csv").read_text().splitlines()
     assert cell_status(cell) == "interrupted" and len(first_epoch) == 2
 

@@ -24,7 +24,7 @@ def test_settings_are_layered_from_general_to_particular(tmp_path, tiny_root):
     raw["datasets"]["tiny"]["methods"] = {"ncr": {"preset": "demo-ncr", "set": {"train.lr": 0.3}}}
     spec = spec_from_dict(raw, "spec.yaml", extra=["train.batch_size=8"])
     (cell,) = spec.cells()
-    cfg = cell_config(spec, cell)
+    cfg = cell_config(cell)
     assert cfg.train.lr == 0.3 and cfg.train.seed == 3 and cfg.train.batch_size == 8
     assert cfg.noise.rate == 0.5 and cfg.noise.seed == 0
     assert cfg.noise.file == str(tmp_path / "b" / "noise" / "tiny" / "per_caption-0.5.npy")
@@ -40,9 +40,7 @@ def test_given_files_and_templates(tmp_path):
 
 
 def cell_config_file(spec, cell):
-    from noisycorr.bench.spec import noise_file_for
-
-    return noise_file_for(spec, cell)
+    return cell.noise_file
 
 
 @pytest.mark.parametrize(

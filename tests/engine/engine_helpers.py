@@ -1,10 +1,8 @@
 """Shared settings for the engine tests."""
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from noisycorr.engine import trainer as trainer_mod
 
@@ -26,24 +24,6 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
-
-
-@contextlib.contextmanager
-def killed_after_epoch(monkeypatch, epoch: int):
-    """Training inside this block dies (KeyboardInterrupt) right after the checkpoint of ``epoch``."""
-    real_save = trainer_mod.atomic_torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", save_then_die)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
-    finally:
-        monkeypatch.setattr(trainer_mod, "atomic_torch_save", real_save)
 
 
 def use_random_truth_mask(monkeypatch) -> None:

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from engine_helpers import killed_after_epoch, tiny_overrides, use_random_truth_mask
+from engine_helpers import tiny_overrides, use_random_truth_mask
 from safetensors.torch import load_file
 
 from noisycorr.config import load_config
@@ -28,7 +28,7 @@ def _cfg(tiny_root, out, **extra):
     return load_config("flickr-dev-in2r", tiny_overrides(tiny_root, out, **{**IN2R_TINY, **extra}))
 
 
-def test_in2r_warms_up_then_rectifies_with_the_memory_and_resumes_exactly(tiny_root, tmp_path, monkeypatch):
+def test_in2r_warms_up_then_rectifies_with_the_memory_and_resumes_exactly(tiny_root, tmp_path, killed_after_epoch):
     straight = train(_cfg(tiny_root, tmp_path / "a"))
     rows = _rows(tmp_path / "a")
     assert rows[0]["warmup"] == "1.0" and float(rows[0]["loss_warmup"]) > 0 and float(rows[0]["loss_warmup_intra"]) > 0
@@ -49,7 +49,7 @@ def test_in2r_warms_up_then_rectifies_with_the_memory_and_resumes_exactly(tiny_r
     assert any(k.startswith("refiners.A_i2t.") for k in weights)
     assert evaluate_run(tmp_path / "a")["rsum"] == pytest.approx(straight["test"]["rsum"])
 
-    with killed_after_epoch(monkeypatch, 1):
+    with killed_after_epoch(1):
         train(_cfg(tiny_root, tmp_path / "b"))
     resumed = train(_cfg(tiny_root, tmp_path / "b"), resume=True)
     assert resumed["test"] == straight["test"]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from engine_helpers import killed_after_epoch, tiny_overrides
+from engine_helpers import tiny_overrides
 
 from noisycorr.config import load_config
 from noisycorr.engine import trainer as trainer_mod
@@ -37,12 +37,12 @@ def test_each_backbone_trains_end_to_end_and_writes_its_run_folder(tiny_root, tm
     assert again["rsum"] == pytest.approx(test["rsum"])
 
 
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_root, tmp_path, monkeypatch):
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_root, tmp_path, killed_after_epoch):
     overrides = {"noise.rate": 0.4, "data.region_drop": 0.2, "data.token_aug": 0.2}
     straight = train(load_config("demo", tiny_overrides(tiny_root, tmp_path / "a", **overrides)))
 
     cfg_b = load_config("demo", tiny_overrides(tiny_root, tmp_path / "b", **overrides))
-    with killed_after_epoch(monkeypatch, 1):
+    with killed_after_epoch(1):
         train(cfg_b)
     with pytest.raises(InputError, match="resume"):
         train(cfg_b)

@@ -8,12 +8,12 @@ those checksums, so a bench never mixes two noise draws under one column.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from noisycorr.bench.spec import BenchSpec, Cell, cell_config, noise_file_for
+from noisycorr.bench.spec import BenchSpec, Cell, cell_config
 from noisycorr.data.noise import load_noise, make_per_caption_noise, make_per_image_noise, save_noise
+from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.data.precomp import load_precomp
 from noisycorr.engine.setup import data_root
 from noisycorr.errors import InputError
@@ -45,11 +45,9 @@ def read_pins(spec: BenchSpec) -> dict[str, Pin]:
 
 
 def _write_pins(spec: BenchSpec, pins: dict[str, Pin]) -> None:
-    path = spec.noise_dir / PINS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: asdict(v) for k, v in sorted(pins.items())}, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps({k: asdict(v) for k, v in sorted(pins.items())}, indent=2)
+    spec.noise_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(spec.noise_dir / PINS_FILE, text.encode("utf-8"))
 
 
 def pin_noise(spec: BenchSpec) -> dict[str, Pin]:
@@ -68,8 +66,8 @@ def pin_noise(spec: BenchSpec) -> dict[str, Pin]:
             first.setdefault(cell.noise_key, cell)
     changed = False
     for (dataset, protocol, rate), cell in first.items():
-        cfg = cell_config(spec, cell)
-        path = Path(noise_file_for(spec, cell) or "")
+        cfg = cell_config(cell)
+        path = Path(cell.noise_file or "")
         train = load_precomp(data_root(cfg), cfg.data.train_split, features=cfg.data.features,
                              captions_per_image=cfg.data.captions_per_image)
         drawn = path.parent == spec.noise_dir / dataset

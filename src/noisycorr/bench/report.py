@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from noisycorr.bench.pins import pin_key, read_pins
 from noisycorr.bench.runner import ATTEMPTS_FILE, RESULTS_FILE, cell_status
 from noisycorr.bench.spec import BenchSpec, Cell
 from noisycorr.config import config_from_dict
+from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.data.precomp import load_precomp
 from noisycorr.engine.setup import data_root
 from noisycorr.errors import InputError
@@ -46,7 +47,6 @@ class CellRecord:
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
     noise_checksum: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> Any:
@@ -328,9 +328,7 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_report(spec: BenchSpec, *, plots: bool = True) -> Path:

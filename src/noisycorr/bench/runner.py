@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from noisycorr.bench.pins import pin_noise
-from noisycorr.bench.spec import BenchSpec, Cell, cell_config, cell_overrides
+from noisycorr.bench.spec import BenchSpec, Cell, cell_config
+from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.engine.trainer import STATE_FILE, check_same_settings
 from noisycorr.errors import InputError
 
@@ -67,17 +68,17 @@ def cell_status(cell: Cell) -> str:
     return "new"
 
 
-def check_cell(spec: BenchSpec, cell: Cell) -> None:
+def check_cell(cell: Cell) -> None:
     """A cell run earlier must have trained exactly the settings the spec asks for now."""
     config = cell.dir / "config.yaml"
     if config.is_file():
-        check_same_settings(config, cell_config(spec, cell), purpose=f"as the spec's cell {cell.key}")
+        check_same_settings(config, cell_config(cell), purpose=f"as the spec's cell {cell.key}")
 
 
-def train_command(spec: BenchSpec, cell: Cell, *, threads: int, resume: bool) -> list[str]:
+def train_command(cell: Cell, *, threads: int, resume: bool) -> list[str]:
     """The command line that trains (or continues) a cell."""
     cmd = [sys.executable, "-m", "noisycorr", "train", "-c", cell.preset]
-    for value in [*cell_overrides(spec, cell), f"train.threads={threads}", "run.progress=false"]:
+    for value in [*cell.overrides, f"train.threads={threads}", "run.progress=false"]:
         cmd += ["--set", value]
     return cmd + (["--resume"] if resume else [])
 
@@ -112,9 +113,7 @@ def _record(cell: Cell, attempt: Attempt) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     attempts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     attempts.append(attempt.__dict__)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(attempts, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(attempts, indent=2).encode("utf-8"))
 
 
 def run_bench(
@@ -139,7 +138,7 @@ def run_bench(
     """
     cells = spec.cells()
     for cell in cells:
-        check_cell(spec, cell)
+        check_cell(cell)
     pin_noise(spec)
     finished = [c for c in cells if cell_status(c) == "done"]
     todo = [c for c in cells if cell_status(c) != "done" and (only is None or only(c))]
@@ -158,7 +157,7 @@ def run_bench(
                     echo(f"  skip {cell.key}: {'finished' if mine else 'being trained by another process'}")
                 return None
             resume = (cell.dir / STATE_FILE).is_file()
-            cmd = train_command(spec, cell, threads=threads, resume=resume)
+            cmd = train_command(cell, threads=threads, resume=resume)
             with lock:
                 echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
             t0 = time.perf_counter()

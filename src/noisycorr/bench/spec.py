@@ -84,8 +84,9 @@ class Cell:
     method: str
     seed: int
     preset: str
-    overrides: tuple[str, ...]  # everything but the noise file (known once the files are pinned)
+    overrides: tuple[str, ...]  # the layered ``--set`` values, the noise file included
     dir: Path
+    noise_file: str | None  # the index file shared by the cell's (dataset, protocol, rate); None when clean
 
     @property
     def key(self) -> str:
@@ -126,6 +127,10 @@ class BenchSpec:
         for ds in self.datasets:
             for grid in ds.noise:
                 for rate in grid.rates:
+                    noise_file = None
+                    if rate > 0.0:
+                        given = grid.given_file(rate)
+                        noise_file = given or str(self.noise_dir / ds.name / f"{grid.protocol}-{rate:g}.npy")
                     for m in ds.methods:
                         for seed in self.seeds:
                             folder = self.out / ds.name / f"{grid.protocol}-{rate:g}" / m.name / f"seed{seed}"
@@ -133,37 +138,19 @@ class BenchSpec:
                                 f"noise.protocol={grid.protocol}",
                                 f"noise.rate={rate}",
                                 f"noise.seed={grid.seed}",
+                                *([f"noise.file={noise_file}"] if noise_file else []),
                                 f"train.seed={seed}",
                                 f"run.out_dir={folder}",
                             )
                             overrides = (*self.overrides, *ds.overrides, *m.overrides, *own, *self.extra)
-                            out.append(Cell(ds.name, grid.protocol, rate, m.name, seed, m.preset, overrides, folder))
+                            out.append(Cell(ds.name, grid.protocol, rate, m.name, seed, m.preset, overrides, folder,
+                                            noise_file))
         return out
 
 
-def noise_file_for(spec: BenchSpec, cell: Cell) -> str | None:
-    """The pinned index file of a cell's (dataset, protocol, rate); None for clean cells."""
-    if cell.rate == 0.0:
-        return None
-    for ds, grid in spec.noise_grids():
-        if ds.name == cell.dataset and grid.protocol == cell.protocol:
-            given = grid.given_file(cell.rate)
-            return given if given is not None else str(spec.noise_dir / ds.name / f"{grid.protocol}-{cell.rate:g}.npy")
-    raise KeyError(cell.key)
-
-
-def cell_overrides(spec: BenchSpec, cell: Cell) -> list[str]:
-    """The ``--set`` values that train a cell from its preset, the pinned noise file included."""
-    overrides = list(cell.overrides)
-    path = noise_file_for(spec, cell)
-    if path is not None:
-        overrides.insert(len(overrides) - len(spec.extra), f"noise.file={path}")
-    return overrides
-
-
-def cell_config(spec: BenchSpec, cell: Cell) -> Config:
+def cell_config(cell: Cell) -> Config:
     """The resolved training config of a cell."""
-    return load_config(cell.preset, cell_overrides(spec, cell))
+    return load_config(cell.preset, list(cell.overrides))
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -315,5 +302,5 @@ def load_spec(name_or_path: str, *, out: str | None = None, extra: list[str] | N
     path = resolve_spec(name_or_path)
     spec = spec_from_dict(read_yaml(path), str(path), out=out, extra=extra)
     for cell in spec.cells():  # a bad preset or key fails here, before anything runs
-        cell_config(spec, cell)
+        cell_config(cell)
     return spec

@@ -185,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cells = [c for c in spec.cells() if only is None or only(c)]
         print(f"{len(cells)} cells of {spec.source} -> {spec.out}")
         for cell in cells:
-            cmd = train_command(spec, cell, threads=args.threads or 1, resume=cell_status(cell) == "interrupted")
+            cmd = train_command(cell, threads=args.threads or 1, resume=cell_status(cell) == "interrupted")
             print(f"{cell_status(cell):12s} {cell.key}")
             if args.verbose:
                 print("             " + " ".join(cmd[1:]))
