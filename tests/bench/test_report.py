@@ -57,7 +57,12 @@ def test_the_table_aggregates_seeds_per_method_and_rate(tmp_path):
         assert float(row["epoch_seconds_mean"]) == pytest.approx(16.0)
     text = path.read_text()
     ncr_04 = values[("ncr", 0.4)]
+    vanilla_04 = values[("vanilla", 0.4)]
+    assert np.mean(ncr_04) > np.mean(vanilla_04)  # the column's best mean, and only it, is in bold
     assert f"**{np.mean(ncr_04):.1f} ± {np.std(ncr_04, ddof=1):.1f}**" in text
+    assert f"| vanilla | {np.mean(values[('vanilla', 0.0)]):.1f}" in text
+    assert f"{np.mean(vanilla_04):.1f} ± {np.std(vanilla_04, ddof=1):.1f} (" in text
+    assert f"**{np.mean(vanilla_04):.1f}" not in text
     assert "2 of 3 seeds" in text
     det = aucs[("ncr", 0.4)]
     assert f"| ncr | {np.mean(det):.3f} ± {np.std(det, ddof=1):.3f} |" in text

@@ -176,19 +176,27 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
 
 def rsum_table(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
                methods: list[str]) -> str:
-    """Markdown table: rows methods, columns rates, cells test rSum (mean ± sd) and both R@1."""
+    """Markdown table: rows methods, columns rates, cells test rSum (mean ± sd) and both R@1; the best
+    mean of each column in bold."""
+    cells: dict[tuple[str, float], tuple[Stat, str]] = {}
+    for method in methods:
+        for rate in rates:
+            recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
+            rs = aggregate([r.rsum for r in recs])
+            if rs.n:
+                r1 = f"{aggregate([r.i2t_r1 for r in recs]).mean:.1f} / {aggregate([r.t2i_r1 for r in recs]).mean:.1f}"
+                missing = f", {rs.n} of {len(spec.seeds)} seeds" if rs.n < len(spec.seeds) else ""
+                cells[method, rate] = rs, f"({r1}{missing})"
+    best = {rate: max((rs.mean for (_, r), (rs, _) in cells.items() if r == rate), default=None) for rate in rates}
     body = []
     for method in methods:
         row = [method]
         for rate in rates:
-            recs = [r for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"]
-            rs = aggregate([r.rsum for r in recs])
-            if rs.n == 0:
+            if (method, rate) not in cells:
                 row.append("—")
                 continue
-            r1 = f"{aggregate([r.i2t_r1 for r in recs]).mean:.1f} / {aggregate([r.t2i_r1 for r in recs]).mean:.1f}"
-            missing = f", {rs.n} of {len(spec.seeds)} seeds" if rs.n < len(spec.seeds) else ""
-            row.append(f"**{rs.text()}** ({r1}{missing})")
+            rs, detail = cells[method, rate]
+            row.append(f"**{rs.text()}** {detail}" if rs.mean == best[rate] else f"{rs.text()} {detail}")
         body.append(row)
     return _md_table(["method", *[_pct(r) for r in rates]], body)
 
