@@ -110,6 +110,9 @@ def test_checkpoint_from_another_backbone(capsys, tiny_root, tmp_path):
         argv += ["--set", item]
     assert main(argv) == 0
     capsys.readouterr()
+    shutil.copy(tmp_path / "glob" / "checkpoint.pt", tmp_path / "vse" / "checkpoint.pt")
+    rc, err = _run(capsys, ["eval", str(tmp_path / "vse"), "--weights", "last"])
+    assert rc == 2 and "checkpoint.pt" in err and "another model" in err and "\n" not in err
     shutil.copy(tmp_path / "glob" / "best.safetensors", tmp_path / "vse" / "best.safetensors")
     rc, err = _run(capsys, ["eval", str(tmp_path / "vse")])
     assert rc == 2 and "best.safetensors" in err and "global" in err and "\n" not in err

@@ -82,6 +82,26 @@ def test_step_lr_schedule():
     assert lrs == pytest.approx([2e-4, 2e-4, 2e-5, 2e-5])
 
 
+def test_eval_last_weights_reads_the_training_checkpoint(tiny_root, tmp_path, capsys):
+    from noisycorr.cli.main import main
+
+    runs = [tmp_path / "s0", tmp_path / "s1"]
+    for seed, out in enumerate(runs):
+        train(load_config("demo", tiny_overrides(tiny_root, out, **{"train.epochs": 1, "train.seed": seed})))
+    # after one epoch the last weights are the best ones
+    assert evaluate_run(runs[0], weights="last") == pytest.approx(evaluate_run(runs[0]))
+    # last weights come from checkpoint.pt alone: give s0 the training state of s1
+    (runs[0] / "checkpoint.pt").write_bytes((runs[1] / "checkpoint.pt").read_bytes())
+    last = evaluate_run(runs[0], weights="last")
+    assert last == pytest.approx(evaluate_run(runs[1]))
+    assert last != pytest.approx(evaluate_run(runs[0]))
+    capsys.readouterr()
+    assert main(["eval", str(runs[0]), "--weights", "last", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(last)
+    with pytest.raises(InputError, match="best or last"):
+        evaluate_run(runs[0], weights="middle")
+
+
 def test_eval_of_several_runs_averages_their_similarity_matrices(tiny_root, tmp_path):
     from noisycorr.backbones.base import similarity_matrix
     from noisycorr.data.precomp import load_precomp

@@ -122,6 +122,11 @@ def test_eval_cli_and_averaging_two_runs(tiny_npz: Path, tmp_path: Path, capsys:
     capsys.readouterr()
     assert eval_labeled_cli([tmp_path / "s0", tmp_path / "s1"], "test") == 0
     assert "mAP i2t" in capsys.readouterr().out
+    # last weights come from checkpoint.pt: with s1's training state, s0 scores as s1's last epoch
+    (tmp_path / "s0" / "checkpoint.pt").write_bytes((tmp_path / "s1" / "checkpoint.pt").read_bytes())
+    assert evaluate_labeled_run(tmp_path / "s0", weights="last") == pytest.approx(
+        evaluate_labeled_run(tmp_path / "s1", weights="last"), abs=1e-9
+    )
 
 
 def test_config_checks(tiny_npz: Path, tmp_path: Path) -> None:

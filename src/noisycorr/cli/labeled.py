@@ -73,9 +73,9 @@ def train_labeled_cli(
     return 0
 
 
-def eval_labeled_cli(run_dirs: Sequence[str | Path], split: str | None = None) -> int:
-    """``noisycorr eval`` for labelled runs: mAP of the best weights (several runs: averaged similarity)."""
-    metrics = evaluate_labeled_run(list(run_dirs), split=split)
+def eval_labeled_cli(run_dirs: Sequence[str | Path], split: str | None = None, weights: str = "best") -> int:
+    """``noisycorr eval`` for labelled runs: mAP of the best or last weights (several runs: averaged similarity)."""
+    metrics = evaluate_labeled_run(list(run_dirs), split=split, weights=weights)
     title = " + ".join(str(d) for d in run_dirs)
     print(f"{title} [{split or 'test'}]: {_fmt(metrics)}")
     if "clean_avg_map" in metrics and metrics["clean_avg_map"] != metrics["avg_map"]:

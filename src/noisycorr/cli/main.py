@@ -59,12 +59,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from noisycorr.engine.runs import evaluate_run
 
     if is_labeled_run(args.run[0]):
-        return eval_labeled_cli(args.run, split=args.split)
-    metrics = evaluate_run(args.run, split=args.split, protocol=args.protocol, data=args.data, device=args.device)
+        return eval_labeled_cli(args.run, split=args.split, weights=args.weights)
+    metrics = evaluate_run(
+        args.run, split=args.split, protocol=args.protocol, data=args.data, device=args.device, weights=args.weights
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _print_metrics(f"{' + '.join(args.run)} [{args.split or 'test'}]", metrics)
+        _print_metrics(f"{' + '.join(args.run)} [{args.split or 'test'}, {args.weights} weights]", metrics)
     return 0
 
 
@@ -229,12 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in run.out_dir after its last epoch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's best weights (several runs: their averaged similarity)")
+    p = sub.add_parser("eval", help="evaluate a run's best or last weights (several runs: their averaged similarity)")
     p.add_argument("run", nargs="+", help="run folder(s)")
     p.add_argument("--split", help="split name (default: the run's test split)")
     p.add_argument("--protocol", help="single | 1k | coco5fold1k | coco5k | cc152k (default: the run's)")
     p.add_argument("--data", help="another precomp folder than the run's data.root")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--weights", choices=["best", "last"], default="best",
+                   help="best: the epoch chosen on validation (best.safetensors); last: the last finished epoch")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
 

@@ -53,7 +53,14 @@ from noisycorr.data.labeled import (
     read_labeled,
     save_label_noise,
 )
-from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state, load_weights
+from noisycorr.engine.checkpoint import (
+    atomic_torch_save,
+    check_weights_choice,
+    export_weights,
+    load_last_weights,
+    load_state,
+    load_weights,
+)
 from noisycorr.engine.logger import MetricsLogger
 from noisycorr.engine.seeding import epoch_seed, seed_everything
 from noisycorr.engine.setup import pick_device, write_json
@@ -653,27 +660,38 @@ def is_labeled_run(run_dir: str | Path) -> bool:
     return isinstance(raw, dict) and raw.get("task") == TASK
 
 
-def load_labeled_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[LabeledConfig, LabelMethod, PreparedLabels]:
-    """A run's config, its method with the best weights (eval mode) and its data with the run's noise."""
+def load_labeled_run(
+    run_dir: str | Path, *, device: str = "cpu", weights: str = "best"
+) -> tuple[LabeledConfig, LabelMethod, PreparedLabels]:
+    """A run's config, its method (eval mode; ``best`` or ``last`` weights) and its data with the run's noise."""
+    check_weights_choice(weights)
     root = Path(run_dir)
     cfg = read_run_config(root)
     prep = prepare_labeled(cfg, noise_file=root / NOISE_FILE)
     dims = (prep.train.images.shape[1], prep.train.texts.shape[1], prep.data.num_classes)
     method = build_labeled_method(cfg, *dims)
-    load_weights(method, root / BEST_FILE, expect=weights_metadata(cfg, *dims))
+    if weights == "last":
+        load_last_weights(method, root / STATE_FILE)
+    else:
+        load_weights(method, root / BEST_FILE, expect=weights_metadata(cfg, *dims))
     return cfg, method.to(pick_device(device)).eval(), prep
 
 
 def evaluate_labeled_run(
-    run_dirs: str | Path | Sequence[str | Path], *, split: str | None = None, device: str = "cpu"
+    run_dirs: str | Path | Sequence[str | Path],
+    *,
+    split: str | None = None,
+    device: str = "cpu",
+    weights: str = "best",
 ) -> dict[str, float]:
-    """mAP of the best weights of one run, or of several runs' averaged cosine similarities.
+    """mAP of one run, or of several runs' averaged cosine similarities.
 
     Args:
         run_dirs: one run folder or several (trained on the same data file).
         split: ``test`` (default) or ``val``; ``val`` scores with the labels the runs selected on
             (``avg_map`` ...) and with the file's labels (``clean_*``).
         device: where to embed.
+        weights: ``best`` (the validation-chosen epoch) or ``last`` (the last finished epoch).
     """
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     if not dirs:
@@ -681,7 +699,7 @@ def evaluate_labeled_run(
     split = split or "test"
     if split not in ("test", "val"):
         raise InputError("--split", "test or val", repr(split))
-    loaded = [load_labeled_run(d, device=device) for d in dirs]
+    loaded = [load_labeled_run(d, device=device, weights=weights) for d in dirs]
     cfg, _, prep = loaded[0]
     for d, (_, _, other) in zip(dirs[1:], loaded[1:]):
         if other.data.source != prep.data.source or len(getattr(other, split)) != len(getattr(prep, split)):

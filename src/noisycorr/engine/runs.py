@@ -1,4 +1,4 @@
-"""Reopen a finished (or interrupted) run folder: its resolved config, vocabulary and best weights."""
+"""Reopen a finished (or interrupted) run folder: its resolved config, vocabulary and best or last weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import yaml
 from noisycorr.config import Config, config_from_dict
 from noisycorr.data.precomp import load_precomp
 from noisycorr.data.vocab import Vocabulary
-from noisycorr.engine.checkpoint import load_weights
+from noisycorr.engine.checkpoint import check_weights_choice, load_last_weights, load_weights
 from noisycorr.engine.inference import evaluate_method
 from noisycorr.engine.setup import build_method, data_root, pick_device
 from noisycorr.engine.trainer import RunPaths, weights_metadata
@@ -26,13 +26,23 @@ def read_run_config(run_dir: str | Path) -> Config:
     return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
 
 
-def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[Config, Method, Vocabulary]:
-    """The config, the method with its best weights (eval mode, on ``device``) and the vocabulary."""
+def load_run(
+    run_dir: str | Path, *, device: str = "cpu", weights: str = "best"
+) -> tuple[Config, Method, Vocabulary]:
+    """The config, the method (eval mode, on ``device``) and the vocabulary.
+
+    ``weights`` is ``best`` (best.safetensors, the epoch chosen on validation) or ``last``
+    (checkpoint.pt, the last finished epoch).
+    """
+    check_weights_choice(weights)
     paths = RunPaths(Path(run_dir))
     cfg = read_run_config(run_dir)
     vocab = Vocabulary.from_json(paths.root / "vocab.json")
     method = build_method(cfg, vocab, _image_shape(paths))
-    load_weights(method, paths.best, expect=weights_metadata(cfg))
+    if weights == "last":
+        load_last_weights(method, paths.state)
+    else:
+        load_weights(method, paths.best, expect=weights_metadata(cfg))
     return cfg, method.to(pick_device(device)).eval(), vocab
 
 
@@ -54,13 +64,15 @@ def evaluate_run(
     protocol: str | None = None,
     data: str | None = None,
     device: str = "cpu",
+    weights: str = "best",
 ) -> dict[str, float]:
-    """Evaluate the best weights of one run, or the averaged similarity of several runs.
+    """Evaluate one run, or the averaged similarity of several runs.
 
-    Split, protocol and data default to those of the first run (its test split).
+    Split, protocol and data default to those of the first run (its test split); ``weights`` is
+    ``best`` (the validation-chosen epoch) or ``last`` (the last finished epoch).
     """
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    loaded = [load_run(d, device=device) for d in dirs]
+    loaded = [load_run(d, device=device, weights=weights) for d in dirs]
     cfg = loaded[0][0]
     if data is not None:
         cfg.data.root = data
