@@ -77,7 +77,7 @@ def eval_labeled_cli(run_dirs: Sequence[str | Path], split: str | None = None, w
     """``noisycorr eval`` for labelled runs: mAP of the best or last weights (several runs: averaged similarity)."""
     metrics = evaluate_labeled_run(list(run_dirs), split=split, weights=weights)
     title = " + ".join(str(d) for d in run_dirs)
-    print(f"{title} [{split or 'test'}]: {_fmt(metrics)}")
+    print(f"{title} [{split or 'test'}, {weights} weights]: {_fmt(metrics)}")
     if "clean_avg_map" in metrics and metrics["clean_avg_map"] != metrics["avg_map"]:
         clean = {k[6:]: v for k, v in metrics.items() if k.startswith("clean_")}
         print(f"  with the file's labels: {_fmt(clean)}")

@@ -32,20 +32,15 @@ def load_state(path: Path) -> dict[str, Any]:
         raise InputError(path, "a noisycorr training checkpoint", found) from None
 
 
-def load_last_weights(module: nn.Module, path: Path) -> int:
-    """Load the method state of a training checkpoint (the last finished epoch) into ``module``.
-
-    Returns:
-        The 0-based epoch the checkpoint was written after.
-    """
+def load_last_weights(module: nn.Module, path: Path) -> None:
+    """Load the method state of a training checkpoint (the last finished epoch) into ``module``."""
     state = load_state(path)
-    if not isinstance(state, dict) or "method" not in state or "epoch" not in state:
+    if not isinstance(state, dict) or "method" not in state:
         raise InputError(path, "a noisycorr training checkpoint with method weights", "another file")
     try:
         module.load_state_dict(state["method"])
     except RuntimeError:
         raise InputError(path, "the training state of this run's model", "tensors of another model") from None
-    return int(state["epoch"])
 
 
 def check_weights_choice(weights: str) -> None:
