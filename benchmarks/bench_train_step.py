@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from noisycorr.losses import triplet_loss
-from noisycorr.registry import create_backbone
+from noisycorr.factory import create_backbone
 
 
 def make_batch(args: argparse.Namespace, pooled: bool, g: torch.Generator) -> SimpleNamespace:

@@ -6,7 +6,7 @@ from noisycorr.errors import InputError
 
 
 def test_every_preset_resolves_and_checks_its_method_section():
-    from noisycorr.registry import get_method_class
+    from noisycorr.factory import get_method_class
 
     names = sorted(p.stem for p in preset_dir().glob("*.yaml"))
     assert {"demo", "f30k-sgraf", "f30k-vse", "coco-sgraf", "cc152k-sgraf", "flickr-dev-vse"} <= set(names)
@@ -52,7 +52,7 @@ def test_unknown_or_mistyped_keys_are_one_line_errors(override, fragment):
 
 
 def test_unknown_method_key_names_the_method():
-    from noisycorr.registry import get_method_class
+    from noisycorr.factory import get_method_class
 
     with pytest.raises(InputError, match="vanilla"):
         get_method_class("vanilla").make_config({"nope": 1})

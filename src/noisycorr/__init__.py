@@ -9,14 +9,8 @@ from noisycorr.config import Config, load_config
 from noisycorr.engine.runs import evaluate_run, load_run
 from noisycorr.engine.trainer import train
 from noisycorr.errors import InputError
-from noisycorr.registry import (
-    create_backbone,
-    create_method,
-    list_backbones,
-    list_methods,
-    register_backbone,
-    register_method,
-)
+from noisycorr.factory import create_backbone, create_method, list_backbones, list_methods
+from noisycorr.registry import register_backbone, register_method
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,9 @@
-"""Name -> class registries for backbones and methods (``register_*`` / ``create_*`` / ``list_*``)."""
+"""Name -> class tables for backbones and methods, and the ``register_*`` decorators that fill them.
+
+This module imports no plug-in: backbones and methods import it to register themselves. Lookups that
+need the built-in plug-ins loaded (``get_*_class``, ``create_*``, ``list_*``) live in
+:mod:`noisycorr.factory`, which imports the plug-in packages first.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from noisycorr.errors import InputError
 
 T = TypeVar("T")
 
-_BACKBONES: dict[str, type] = {}
-_METHODS: dict[str, type] = {}
+BACKBONES: dict[str, type] = {}
+METHODS: dict[str, type] = {}
 
 
 def _register(table: dict[str, type], kind: str, name: str) -> Callable[[type[T]], type[T]]:
@@ -24,8 +29,8 @@ def _register(table: dict[str, type], kind: str, name: str) -> Callable[[type[T]
     return deco
 
 
-def _get(table: dict[str, type], kind: str, name: str) -> type:
-    _load_builtins()
+def lookup(table: dict[str, type], kind: str, name: str) -> type:
+    """The class registered as ``name`` in ``table`` (one-line error naming the choices)."""
     if name not in table:
         raise InputError(f"{kind} name", f"one of {sorted(table)}", repr(name))
     return table[name]
@@ -33,43 +38,9 @@ def _get(table: dict[str, type], kind: str, name: str) -> type:
 
 def register_backbone(name: str) -> Callable[[type[T]], type[T]]:
     """Class decorator: make a backbone available as ``name``."""
-    return _register(_BACKBONES, "backbone", name)
+    return _register(BACKBONES, "backbone", name)
 
 
 def register_method(name: str) -> Callable[[type[T]], type[T]]:
     """Class decorator: make a training method available as ``name``."""
-    return _register(_METHODS, "method", name)
-
-
-def get_backbone_class(name: str) -> type:
-    return _get(_BACKBONES, "backbone", name)
-
-
-def get_method_class(name: str) -> type:
-    return _get(_METHODS, "method", name)
-
-
-def create_backbone(name: str, **kwargs: Any) -> Any:
-    """Instantiate the backbone registered as ``name``."""
-    return get_backbone_class(name)(**kwargs)
-
-
-def create_method(name: str, **kwargs: Any) -> Any:
-    """Instantiate the method registered as ``name``."""
-    return get_method_class(name)(**kwargs)
-
-
-def list_backbones() -> list[str]:
-    _load_builtins()
-    return sorted(_BACKBONES)
-
-
-def list_methods() -> list[str]:
-    _load_builtins()
-    return sorted(_METHODS)
-
-
-def _load_builtins() -> None:
-    # Importing the subpackages runs their @register_* decorators.
-    import noisycorr.backbones
-    import noisycorr.methods  # noqa: F401
+    return _register(METHODS, "method", name)

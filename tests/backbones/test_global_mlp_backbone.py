@@ -8,7 +8,7 @@ import torch
 from bb_helpers import assert_all_params_have_grad, random_captions
 
 from noisycorr.errors import InputError
-from noisycorr.registry import create_backbone, get_backbone_class
+from noisycorr.factory import create_backbone, get_backbone_class
 
 VOCAB, IMG_DIM, EMBED = 40, 24, 32
 

@@ -11,7 +11,7 @@ from bb_helpers import assert_all_params_have_grad, random_captions
 from noisycorr.backbones.base import similarity_matrix
 from noisycorr.backbones.sgraf import SGRAF
 from noisycorr.errors import InputError
-from noisycorr.registry import create_backbone
+from noisycorr.factory import create_backbone
 
 VOCAB, IMG_DIM, EMBED, SIM, REGIONS = 40, 24, 32, 16, 6
 LENGTHS = [9, 3, 5, 2, 7, 4, 6]

@@ -8,7 +8,7 @@ import torch
 from bb_helpers import assert_all_params_have_grad, random_captions
 
 from noisycorr.backbones.base import similarity_matrix
-from noisycorr.registry import create_backbone
+from noisycorr.factory import create_backbone
 
 VOCAB, IMG_DIM, EMBED, REGIONS = 40, 24, 32, 6
 

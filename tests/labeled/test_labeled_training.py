@@ -18,7 +18,7 @@ from noisycorr.engine.labeled import (
     train_labeled,
 )
 from noisycorr.errors import InputError
-from noisycorr.registry import get_method_class
+from noisycorr.factory import get_method_class
 
 
 @pytest.mark.parametrize("method", ["ce", "mrl", "nirnl"])

@@ -205,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from noisycorr.registry import get_method_class, list_methods
+    from noisycorr.factory import get_method_class, list_methods
 
     for name in list_methods():
         cls = get_method_class(name)

@@ -68,7 +68,7 @@ from noisycorr.errors import InputError
 from noisycorr.eval.labels import cross_modal_map
 from noisycorr.methods.base import Phase, StepOutput
 from noisycorr.methods.labeled_base import HARD, NOISY, PURE, LabelBatch, LabelMethod, TrainSet
-from noisycorr.registry import get_method_class
+from noisycorr.factory import get_method_class
 
 TASK = "labels"
 STATE_FILE = "checkpoint.pt"

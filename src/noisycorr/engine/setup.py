@@ -29,7 +29,7 @@ from noisycorr.data.precomp import PrecompSplit, load_precomp
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method
-from noisycorr.registry import create_backbone, get_backbone_class, get_method_class
+from noisycorr.factory import create_backbone, get_backbone_class, get_method_class
 
 
 @dataclass
