@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from noisycorr.engine.labeled import load_labeled_config, train_labeled
+from noisycorr.config import load_config
+from noisycorr.engine.trainer import train
 
 
 def run_dir(out: Path, method: str, rate: float, seed: int) -> Path:
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         "run.progress=false",
                         *args.overrides,
                     ]
-                    cfg = load_labeled_config(f"wiki-{method}", overrides)
-                    res = train_labeled(cfg, resume=(target / "checkpoint.pt").is_file())
+                    cfg = load_config(f"wiki-{method}", overrides)
+                    res = train(cfg, resume=(target / "checkpoint.pt").is_file())
                     print(f"{method} rate {rate:g} seed {seed}: test {res['test']}", file=sys.stderr, flush=True)
     print(json.dumps(summarise(out, args.methods, args.rates, args.seeds), indent=1))
     return 0

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from noisycorr.config import load_config
-from noisycorr.data.dataset import PairDataset
-from noisycorr.engine.setup import build_method, pick_device, prepare_data
-from noisycorr.engine.trainer import make_context, make_optimizer, phase_batches
+from noisycorr.engine.optim import Optimizers, Stepper
+from noisycorr.engine.pairs import PairTask
+from noisycorr.engine.setup import pick_device, prepare_data
 from noisycorr.selection import clean_probability, split_clean
 
 
@@ -37,10 +37,11 @@ def main() -> None:
     cfg = load_config(args.config, [*fixed, *args.overrides])
     data = prepare_data(cfg, with_test=False)
     device = pick_device(cfg.train.device)
-    train_set = PairDataset(data.train, data.vocab, data.caption_image, train=True)
-    method = build_method(cfg, data.vocab, tuple(data.train.images.shape[1:])).to(device)
-    optimizer = make_optimizer(cfg, method)
-    ctx = make_context(cfg, method, data, train_set, device)
+    task = PairTask()
+    train_set = task.build_train_set(cfg, data)
+    method = task.build_method(cfg, data).to(device)
+    stepper = Stepper(Optimizers(method, cfg.train), torch.amp.GradScaler("cuda", enabled=False), cfg.train.grad_clip)
+    ctx = task.context(cfg, method, data, train_set, device)
     epoch = int(cfg.train.epochs * method.cfg.noisy_start)  # a late epoch: clean and noisy subsets trained
 
     out: dict[str, float | int | str] = {"config": args.config, "noise": args.noise, "threads": args.threads,
@@ -60,14 +61,12 @@ def main() -> None:
     method.train()
     t, steps = time.perf_counter(), 0
     for k, phase in enumerate(method.epoch_phases(epoch)):
-        for i, (batch, side) in enumerate(phase_batches(train_set, phase, cfg, epoch, stream=k)):
+        for i, (batch, streams) in enumerate(task.phase_batches(cfg, train_set, phase, epoch, k)):
             if args.max_steps and i >= args.max_steps:
                 break
-            for step_losses, _ in method.training_step(batch.to(device), epoch, phase=phase.name,
-                                                       side=side.to(device) if side is not None else None):
-                optimizer.zero_grad(set_to_none=True)
-                sum(step_losses.values()).backward()
-                optimizer.step()
+            streams = {name: b.to(device) for name, b in streams.items()}
+            for step_losses, _ in method.training_step(batch.to(device), epoch, phase=phase.name, streams=streams):
+                stepper.update(sum(step_losses.values()), None)
             steps += 1
     out["training_s"] = time.perf_counter() - t
     out["training_batches"] = steps

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import torch
 
-from noisycorr.losses import triplet_loss
 from noisycorr.factory import create_backbone
+from noisycorr.losses import triplet_loss
 
 
 def make_batch(args: argparse.Namespace, pooled: bool, g: torch.Generator) -> SimpleNamespace:

@@ -66,3 +66,42 @@ def test_unknown_preset_and_resolved_config_roundtrip(tmp_path):
     again = load_config(str(tmp_path / "c.yaml"))
     assert again.to_dict() == cfg.to_dict()
     assert isinstance(again, Config) and again.model.backbone == "sgraf"
+
+
+# mutant: model_config keeps only the backbone's keys (values filtered to `known`), dropping the rest
+@pytest.mark.parametrize("preset, key", [("flickr-dev-vse", "sim_dim"), ("flickr-dev-sgraf", "text_pool")])
+def test_unknown_model_key_names_the_key_the_backbone_and_its_keys(preset, key):
+    with pytest.raises(InputError) as err:
+        load_config(preset, [f"model.{key}=8"])
+    msg, backbone = str(err.value), load_config(preset).model.backbone
+    assert f"'{key}'" in msg and f"backbone '{backbone}'" in msg and "'embed_size'" in msg and "\n" not in msg
+
+
+# mutant: model_config without its list_backbones() check (the registry's error names no config key)
+def test_unknown_backbone_is_a_one_line_error_naming_the_key():
+    with pytest.raises(InputError) as err:
+        load_config("demo", ["model.backbone=resnet"])
+    msg = str(err.value)
+    assert "model.backbone" in msg and "'resnet'" in msg and "'sgraf'" in msg and "\n" not in msg
+
+
+# mutant: model_config without the null filter (`values = {k: v ... if k in known or v is not None}`)
+def test_changing_the_backbone_rejects_the_presets_other_keys_unless_set_to_null():
+    with pytest.raises(InputError, match="'text_mlp'"):
+        load_config("flickr-dev-in2r", ["model.backbone=sgraf"])
+    cfg = load_config("flickr-dev-in2r", ["model.backbone=sgraf", "model.text_mlp=null"])
+    assert cfg.model.backbone == "sgraf" and (cfg.model.embed_size, cfg.model.dropout) == (256, 0.3)
+    assert "text_mlp" not in cfg.to_dict()["model"]
+
+
+# mutant: apply_sections without its `section == "model"` branch (keys checked against the default VSE.Config)
+def test_resolved_config_of_another_backbone_is_flat_and_loads_back(tmp_path):
+    from noisycorr.backbones import GlobalMLP
+
+    cfg = load_config("flickr-dev-global", ["model.text_pool=gpo"])
+    save_config(cfg, tmp_path / "c.yaml")
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())["model"]
+    assert saved["backbone"] == "global" and saved["text_pool"] == "gpo"
+    assert all(not isinstance(v, (dict, list)) for v in saved.values())
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert isinstance(again.model, GlobalMLP.Config) and again.to_dict() == cfg.to_dict()

@@ -17,10 +17,11 @@ import numpy as np
 
 from noisycorr.audit import find_mismatched_pairs, rank_pairs
 from noisycorr.data.dataset import PairDataset
-from noisycorr.engine.context import TrainContext
+from noisycorr.engine.context import pair_context
 from noisycorr.engine.runs import load_run
 from noisycorr.engine.setup import PreparedData, pick_device, prepare_data
-from noisycorr.engine.trainer import SCORES_FILE, RunPaths
+from noisycorr.engine.pairs import SCORES_FILE
+from noisycorr.engine.rundir import RunPaths, read_run_config
 from noisycorr.errors import InputError
 
 __all__ = ["find_mismatched_pairs", "get_pair_quality_scores", "load_run_data", "rank_pairs"]
@@ -32,14 +33,8 @@ def load_run_data(run: str | Path, *, data: str | None = None) -> PreparedData:
     The pairing comes from the run's saved ``noise_index.npy`` when there is one; ``data``
     replaces the data folder (the same dataset moved elsewhere).
     """
-    import yaml
-
-    from noisycorr.config import config_from_dict
-
     paths = RunPaths(Path(run))
-    if not paths.config.is_file():
-        raise InputError(paths.root, "a run folder with config.yaml", "no config.yaml")
-    cfg = config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
+    cfg = read_run_config(paths.root)
     if data is not None:
         cfg.data.root = data
     saved = paths.root / "noise_index.npy"
@@ -56,7 +51,7 @@ def get_pair_quality_scores(
     *,
     data: str | None = None,
     recompute: bool = False,
-    estimator: str = "gmm",
+    estimator: str | None = None,
     device: str = "cpu",
     batch_size: int | None = None,
     progress: bool = False,
@@ -67,7 +62,8 @@ def get_pair_quality_scores(
         run: a run folder written by ``noisycorr train``.
         data: the data folder, when it moved since training.
         recompute: score again from the best weights instead of reading the run's ``pair_scores.npy``.
-        estimator: ``"gmm"`` or ``"bmm"`` mixture over the per-sample losses (with ``recompute``).
+        estimator: ``"gmm"`` or ``"bmm"`` mixture over the per-sample losses (recomputes); None: the
+            run's own method setting.
         device: where the networks run.
         batch_size: per-sample pass batch (default: the run's training batch); it fixes how many
             negatives each pair is compared with.
@@ -78,12 +74,12 @@ def get_pair_quality_scores(
     """
     paths = RunPaths(Path(run))
     saved = paths.root / SCORES_FILE
-    if saved.is_file() and not recompute and estimator == "gmm":
+    if saved.is_file() and not recompute and estimator is None:
         return np.load(saved).astype(np.float64)
     cfg, method, _ = load_run(run, device=device)
     prepared = load_run_data(run, data=data)
     dataset = PairDataset(prepared.train, prepared.vocab, prepared.caption_image)
-    ctx = TrainContext(method, dataset, batch_size or cfg.train.batch_size, pick_device(device),
+    ctx = pair_context(method, dataset, batch_size=batch_size or cfg.train.batch_size, device=pick_device(device),
                        seed=cfg.train.seed, epochs=cfg.train.epochs, progress=progress)
     return np.asarray(method.score_pairs(ctx, estimator=estimator, seed=cfg.train.seed), dtype=np.float64)
 

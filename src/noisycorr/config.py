@@ -1,7 +1,8 @@
 """Run configuration: YAML preset -> dataclasses -> ``--set section.key=value`` overrides.
 
 Every key is checked: an unknown section or key is a one-line :class:`InputError`. The method section
-is checked against the chosen method's own ``Config`` dataclass.
+is checked against the chosen method's own ``Config`` dataclass, the model section against the chosen
+backbone's (:func:`model_config`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, get_args, get_type_hints
 
 import yaml
 
+from noisycorr.backbones.base import ModelConfig
 from noisycorr.errors import InputError
 
 
@@ -45,34 +47,48 @@ class NoiseConfig:
     seed: int | None = None  # None: the run seed
 
 
-@dataclass
-class ModelConfig:
-    """Backbone choice and sizes; unused fields are ignored by backbones that lack them."""
+# ModelConfig, the base of every backbone's ``Config``, is defined beside Backbone (imported above): the
+# backbones cannot import this module, which looks them up.
 
-    backbone: str = "vse"  # vse | sgraf | global
-    embed_size: int = 1024
-    word_dim: int = 300
-    word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
-    text_layers: int = 1
-    dropout: float = 0.0
-    text_mlp: bool = False  # vse only: IN2R's per-word fc + MLP before the caption GPO
-    head: str = "sgr"  # sgraf only: sgr | saf
-    sim_dim: int = 256  # sgraf only
-    sgr_steps: int = 3  # sgraf only
+
+def model_config(values: dict[str, Any], source: str = "model") -> ModelConfig:
+    """The checked ``model`` section: an instance of the chosen backbone's ``Config``.
+
+    Args:
+        values: the flat YAML section; ``backbone`` defaults to ``vse``, the other keys must be fields
+            of that backbone's ``Config``. A key it lacks whose value is null is left out (how a
+            ``--set`` unsets a preset's key after changing the backbone).
+    """
+    from noisycorr.factory import get_backbone_class, list_backbones  # loads the plug-ins (and torch)
+
+    name = _coerce(values.get("backbone", ModelConfig.backbone), str, source, "model.backbone")
+    if name not in list_backbones():
+        raise InputError(source, f"a backbone among {list_backbones()}", repr(name), where="model.backbone")
+    model = get_backbone_class(name).Config()
+    if not isinstance(model, ModelConfig):
+        raise TypeError(f"backbone {name!r}: its Config must subclass noisycorr.backbones.base.ModelConfig")
+    known = {f.name for f in fields(model)}
+    values = {k: v for k, v in values.items() if k in known or v is not None}
+    _apply_section(model, {**values, "backbone": name}, source, "model", owner=f"backbone {name!r}")
+    return model
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule and engine settings."""
+    """Optimisation schedule and engine settings (both tasks; the labelled task has other defaults)."""
 
     epochs: int = 30
     batch_size: int = 128
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 2e-4
+    beta1: float = 0.9  # adam / adamw
+    beta2: float = 0.999
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    lr_update: int = 15  # multiply lr by lr_decay every lr_update epochs
+    schedule: str = "step"  # step (x lr_decay every lr_update epochs) | constant | cosine (to 0 over the epochs)
+    lr_update: int = 15  # step schedule: multiply lr by lr_decay every lr_update epochs
     lr_decay: float = 0.1
-    grad_clip: float = 2.0
+    grad_clip: float = 2.0  # 0: no clipping
     amp: bool = True  # used on CUDA only
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -103,7 +119,7 @@ class RunConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: model_config({}))  # a backbone's Config
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -111,6 +127,78 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+PAIRS, LABELS = "pairs", "labels"
+TASKS = (PAIRS, LABELS)
+
+
+@dataclass
+class LabeledDataConfig:
+    """Which labelled benchmark file to read and how to split it."""
+
+    root: str = ""  # the .mat / .h5 / .npz file, or a DSCMR folder
+    name: str = "custom"
+    layout: str = "auto"  # auto | wiki-mat | inria-mat | xmedia-mat | xmedianet-mat | h5 | npz | dscmr
+    val: str = "auto"  # auto | file | train (seeded subset of train) | test_head (first val_size test items)
+    val_size: int | float = 0.1  # items, or a share of the source split
+    val_seed: int = 0  # the validation subset stays fixed across run seeds
+    normalize: str = "none"  # none | zscore (train statistics) | l2 (per row)
+
+
+@dataclass
+class LabelNoiseConfig:
+    """Synthetic label noise injected into the file's training split."""
+
+    kind: str = "sym"  # sym | asym
+    scope: str = "per_pair"  # per_pair (NIRNL: shared by image and text) | per_modality (MRL)
+    rate: float = 0.0
+    seed: int | None = None  # None: the run seed
+    transition: str = "pairs"  # asym only: pairs | cyclic | comma-separated target classes
+    file: str | None = None  # (2, N, C) noisy labels: loaded when it exists, else written there
+
+
+@dataclass
+class LabeledModelConfig:
+    """Sizes of the per-modality MLP encoders (MRL / NIRNL: 4096, 2 hidden layers, 512)."""
+
+    hidden: int = 4096
+    hidden_layers: int = 2
+    embed_dim: int = 512
+
+
+@dataclass
+class LabeledEvalConfig:
+    """Evaluation settings of the labelled task."""
+
+    val_labels: str = "noisy"  # noisy (what a user has) | clean (oracle selection, diagnostics)
+    k: int | None = None  # mAP cut-off; None ranks every item
+    batch_size: int = 1024
+    chunk: int = 1024
+
+
+def _label_train_defaults() -> TrainConfig:
+    return TrainConfig(epochs=100, batch_size=256, lr=1e-4, schedule="constant", grad_clip=0.0)
+
+
+@dataclass
+class LabeledConfig:
+    """A noisy-label run (``task: labels``)."""
+
+    task: str = LABELS
+    data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
+    noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
+    model: LabeledModelConfig = field(default_factory=LabeledModelConfig)
+    train: TrainConfig = field(default_factory=_label_train_defaults)
+    eval: LabeledEvalConfig = field(default_factory=LabeledEvalConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/labels"))
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "mrl"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+AnyConfig = Config | LabeledConfig
 
 
 def _coerce(value: Any, typ: Any, source: str, key: str) -> Any:
@@ -140,12 +228,13 @@ def _coerce(value: Any, typ: Any, source: str, key: str) -> Any:
     raise InputError(source, f"{names} for {key}", repr(value))
 
 
-def _apply_section(obj: Any, values: dict[str, Any], source: str, section: str) -> None:
+def _apply_section(obj: Any, values: dict[str, Any], source: str, section: str, *, owner: str = "") -> None:
     hints = get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     for key, value in values.items():
         if key not in names:
-            raise InputError(source, f"a key of [{section}] among {names}", repr(key), where=section)
+            of = f"[{section}] for {owner}" if owner else f"[{section}]"
+            raise InputError(source, f"a key of {of} among {names}", repr(key), where=section)
         setattr(obj, key, _coerce(value, hints[key], source, f"{section}.{key}"))
 
 
@@ -166,17 +255,29 @@ def apply_sections(
             raise InputError(source, f"a mapping under {section!r}", type(values).__name__)
         if section == "method":
             cfg.method = {"name": default_method, **values}
+        elif section == "model" and isinstance(cfg.model, ModelConfig):
+            cfg.model = model_config(values, source)
         else:
             _apply_section(getattr(cfg, section), values, source, section)
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    """Build a :class:`Config` from nested dicts, rejecting unknown sections and keys."""
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> AnyConfig:
+    """Build the config of the task ``raw`` names (``task: pairs`` by default), rejecting unknown keys."""
     if not isinstance(raw, dict):
         raise InputError(source, "a mapping of sections", type(raw).__name__)
-    cfg = Config()
-    apply_sections(cfg, raw, source, default_method="vanilla")
+    task = raw.get("task", PAIRS)
+    if task not in TASKS:
+        raise InputError(source, f"task: one of {', '.join(TASKS)}", repr(task), where="task")
+    cfg: AnyConfig = Config() if task == PAIRS else LabeledConfig()
+    sections = {k: v for k, v in raw.items() if k != "task"}
+    apply_sections(cfg, sections, source, default_method="vanilla" if task == PAIRS else "mrl",
+                   expected="task or a section")
     return cfg
+
+
+def task_of(cfg: AnyConfig) -> str:
+    """``pairs`` or ``labels``."""
+    return LABELS if isinstance(cfg, LabeledConfig) else PAIRS
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -246,33 +347,42 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw or {}
 
 
-def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Preset (name or path; ``extends: other`` chains presets) + overrides -> checked :class:`Config`."""
+def read_preset_layers(preset: str) -> tuple[dict[str, Any], str]:
+    """A preset (name or path) with its ``extends`` chain merged; returns (raw dict, source)."""
+    path = resolve_preset(preset)
+    chain = [read_yaml(path)]
+    seen = {path.resolve()}
+    while "extends" in chain[-1]:
+        parent = resolve_preset(str(chain[-1].pop("extends")))
+        if parent.resolve() in seen:
+            raise InputError(path, "no cycle of `extends`", str(parent))
+        seen.add(parent.resolve())
+        chain.append(read_yaml(parent))
     raw: dict[str, Any] = {}
-    source = "defaults"
-    if preset:
-        path = resolve_preset(preset)
-        source = str(path)
-        raw = read_yaml(path)
-        chain = [raw]
-        seen = {path.resolve()}
-        while "extends" in chain[-1]:
-            parent = resolve_preset(str(chain[-1].pop("extends")))
-            if parent.resolve() in seen:
-                raise InputError(path, "no cycle of `extends`", str(parent))
-            seen.add(parent.resolve())
-            chain.append(read_yaml(parent))
-        raw = {}
-        for layer in reversed(chain):
-            raw = _merge(raw, layer)
+    for layer in reversed(chain):
+        raw = _merge(raw, layer)
+    return raw, str(path)
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> AnyConfig:
+    """Preset (name or path; ``extends: other`` chains presets) + overrides -> the checked config.
+
+    The preset's ``task:`` (``pairs`` by default, or ``labels``) picks the config class.
+    """
+    raw, source = read_preset_layers(preset) if preset else ({}, "defaults")
     if overrides:
         raw = _merge(raw, parse_overrides(overrides))
         source = f"{source} + --set"
     return config_from_dict(raw, source)
 
 
-def save_config(cfg: Config, path: Path) -> None:
+def config_yaml(cfg: AnyConfig) -> str:
+    """The resolved config as the YAML text saved in a run folder."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: AnyConfig, path: Path) -> None:
     """Write the resolved config as YAML (atomic)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    from noisycorr.data.paths import atomic_write_bytes
+
+    atomic_write_bytes(path, config_yaml(cfg).encode("utf-8"))

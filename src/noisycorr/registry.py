@@ -8,7 +8,7 @@ need the built-in plug-ins loaded (``get_*_class``, ``create_*``, ``list_*``) li
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from noisycorr.errors import InputError
 

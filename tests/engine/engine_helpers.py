@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisycorr.engine import trainer as trainer_mod
+from noisycorr.engine import pairs as pairs_mod
 
 
 def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
@@ -14,7 +14,6 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
         "data.vocab_min_count": 1,
         "model.embed_size": 32,
         "model.word_dim": 16,
-        "model.sim_dim": 16,
         "train.epochs": 3,
         "train.batch_size": 32,
         "train.lr_update": 2,
@@ -28,11 +27,11 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
 
 def use_random_truth_mask(monkeypatch) -> None:
     """From now on the prepared data carries a random ground-truth mask instead of the real one."""
-    real_prepare = trainer_mod.prepare_data
+    real_prepare = pairs_mod.prepare_data
 
     def prepare_with_another_mask(cfg, **kwargs):
         data = real_prepare(cfg, **kwargs)
         data.clean = np.random.default_rng(1).random(len(data.clean)) > 0.5
         return data
 
-    monkeypatch.setattr(trainer_mod, "prepare_data", prepare_with_another_mask)
+    monkeypatch.setattr(pairs_mod, "prepare_data", prepare_with_another_mask)

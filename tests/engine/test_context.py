@@ -5,7 +5,7 @@ import torch
 from noisycorr.data.dataset import PairDataset
 from noisycorr.data.precomp import load_precomp
 from noisycorr.data.vocab import Vocabulary
-from noisycorr.engine.context import TrainContext, fixed_batches
+from noisycorr.engine.context import fixed_batches, pair_context
 
 
 @pytest.mark.parametrize("n,bs", [(10, 4), (8, 4), (3, 8), (1, 1), (130, 128)])
@@ -34,11 +34,12 @@ def test_per_sample_values_come_back_keyed_by_sample_index(tiny_root):
 
     def fn(batch):
         seen_modes.append(module.training)
-        return torch.stack([batch.index.float(), batch.image_index.float()], dim=1)
+        return torch.stack([batch.index.float(), batch.images.flatten(1)[:, 0]], dim=1)
 
-    ctx = TrainContext(module, ds, batch_size=7, device=torch.device("cpu"), seed=2)
+    ctx = pair_context(module, ds, batch_size=7, device=torch.device("cpu"), seed=2)
     out = ctx.per_sample(fn)
     assert out.shape == (len(ds), 2)
     assert torch.equal(out[:, 0], torch.arange(len(ds)).float())
-    assert torch.equal(out[:, 1], torch.from_numpy(pairing).float())
+    first_feature = np.asarray(split.images)[pairing].reshape(len(ds), -1)[:, 0]
+    assert torch.equal(out[:, 1], torch.from_numpy(first_feature).float())  # the pairing's image rows
     assert seen_modes and not any(seen_modes) and module.training  # eval during the pass, restored after

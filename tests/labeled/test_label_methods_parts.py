@@ -4,13 +4,14 @@ split, Sinkhorn and the Wasserstein barycenter."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from noisycorr.methods.labeled_base import HARD, NOISY, PURE, SharedClassifier, TrainSet
+from noisycorr.methods.labeled_base import HARD, NOISY, PURE, SharedClassifier
 from noisycorr.methods.mrl import multimodal_contrastive_loss, robust_clustering_loss
 from noisycorr.methods.nirnl import (
     NIRNL,
@@ -161,7 +162,8 @@ def test_nirnl_epoch_start_builds_prototypes_and_phases() -> None:
     images = torch.randn(8, 4) + 3 * y[:, None]
     texts = torch.randn(8, 3) - 3 * y[:, None]
     labels = F.one_hot(y, 2).float()
-    logs = method.on_epoch_start(0, TrainSet(images, texts, torch.stack([labels, labels])))
+    ctx = SimpleNamespace(images=images, texts=texts, labels=torch.stack([labels, labels]), n_samples=8)
+    logs = method.on_epoch_start(0, ctx)
     assert sum(logs.values()) == pytest.approx(1.0)
     assert method.prototypes is not None and method.prototypes.shape == (2, 6)
     img = method.embed(images, method.encode_images)

@@ -10,13 +10,11 @@ import pytest
 from labeled_helpers import tiny_overrides
 
 from noisycorr.cli.labeled import eval_labeled_cli, is_labeled_config, is_labeled_run, train_labeled_cli
+from noisycorr.config import config_from_dict as labeled_config_from_dict
+from noisycorr.config import load_config as load_labeled_config
 from noisycorr.data.labeled import label_checksum
-from noisycorr.engine.labeled import (
-    evaluate_labeled_run,
-    labeled_config_from_dict,
-    load_labeled_config,
-    train_labeled,
-)
+from noisycorr.engine.labels import evaluate_labeled_run
+from noisycorr.engine.trainer import train as train_labeled
 from noisycorr.errors import InputError
 from noisycorr.factory import get_method_class
 
@@ -59,7 +57,7 @@ def test_nirnl_logs_its_partition_and_diagnostics(tiny_npz: Path, tmp_path: Path
 
 
 def test_resume_replays_an_uninterrupted_run(tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import noisycorr.engine.labeled as engine
+    import noisycorr.engine.labels as engine
 
     def cfg(out: str, **extra: object):
         return load_labeled_config(
@@ -133,9 +131,10 @@ def test_config_checks(tiny_npz: Path, tmp_path: Path) -> None:
     assert is_labeled_config("wiki-nirnl") and is_labeled_config("wiki-ce")
     assert not is_labeled_config("flickr-dev-vse") and not is_labeled_config("no-such-preset")
     with pytest.raises(InputError, match="a key of \\[train\\]"):
-        load_labeled_config("wiki-mrl", ["train.lr_update=3"])
-    with pytest.raises(InputError, match="task: labels"):
-        labeled_config_from_dict({"task": "pairs"})
+        load_labeled_config("wiki-mrl", ["train.lr_updat=3"])
+    assert load_labeled_config("wiki-mrl", ["train.schedule=step", "train.lr_update=3"]).train.lr_update == 3
+    with pytest.raises(InputError, match="task: one of pairs, labels"):
+        labeled_config_from_dict({"task": "label"})
     with pytest.raises(InputError, match="a key of \\[method\\] for mrl"):
         train_labeled(load_labeled_config("wiki-mrl", tiny_overrides(tiny_npz, tmp_path / "x", **{"method.top_k": 3})))
     with pytest.raises(InputError, match="labelled task"):
@@ -144,7 +143,7 @@ def test_config_checks(tiny_npz: Path, tmp_path: Path) -> None:
         )
     assert not (tmp_path / "y").exists()  # nothing half-written
     for key, value in (
-        ("train.schedule", "step"),
+        ("train.schedule", "linear"),
         ("eval.val_labels", "oracle"),
         ("noise.scope", "per_caption"),
         ("data.normalize", "minmax"),
@@ -154,7 +153,7 @@ def test_config_checks(tiny_npz: Path, tmp_path: Path) -> None:
             train_labeled(load_labeled_config("wiki-mrl", tiny_overrides(tiny_npz, tmp_path / "w", **{key: value})))
         assert not (tmp_path / "w").exists()
     with pytest.raises(InputError, match="data.root"):
-        train_labeled(load_labeled_config(None, ["run.out_dir=" + str(tmp_path / "z")]))
+        train_labeled(labeled_config_from_dict({"task": "labels", "run": {"out_dir": str(tmp_path / "z")}}))
 
 
 def test_method_switch_gets_that_methods_defaults(tiny_npz: Path, tmp_path: Path) -> None:
@@ -166,7 +165,7 @@ def test_method_switch_gets_that_methods_defaults(tiny_npz: Path, tmp_path: Path
 
 
 def test_wikipedia_preset_prepares_the_real_benchmark(wiki_mat: Path, tmp_path: Path) -> None:
-    from noisycorr.engine.labeled import prepare_labeled
+    from noisycorr.engine.labels import prepare_labeled
 
     cfg = load_labeled_config("wiki-nirnl", [f"data.root={wiki_mat}", "noise.rate=0.6"])
     prep = prepare_labeled(cfg)
@@ -203,3 +202,46 @@ def test_main_cli_dispatches_the_labelled_task(tiny_npz: Path, tmp_path: Path, c
     assert "mAP i2t" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "run")]) == 0
     assert "mAP i2t" in capsys.readouterr().out
+
+
+def test_labelled_training_is_bit_identical_whatever_the_clean_labels(tiny_npz: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's (clean) training labels only reach the diagnostics: swap them for random ones and
+    the weights, losses, selection and test mAP must not change, while the diag_* columns do."""
+    import dataclasses
+
+    import torch
+
+    import noisycorr.engine.labels as labels_mod
+    from noisycorr.data.labeled import LabeledSplit
+    from noisycorr.engine.checkpoint import load_state
+
+    def cfg(out: str):
+        return load_labeled_config("wiki-nirnl", tiny_overrides(tiny_npz, tmp_path / out, **{"noise.rate": 0.4}))
+
+    train_labeled(cfg("true"))
+    real_prepare = labels_mod.prepare_labeled
+
+    def prepare_with_other_truth(*args, **kwargs):
+        prep = real_prepare(*args, **kwargs)
+        rng = np.random.default_rng(1)
+        fake = np.eye(prep.train.labels.shape[1], dtype=bool)[rng.integers(0, prep.train.labels.shape[1],
+                                                                             len(prep.train))]
+        return dataclasses.replace(prep, train=LabeledSplit(prep.train.images, prep.train.texts, fake))
+
+    monkeypatch.setattr(labels_mod, "prepare_labeled", prepare_with_other_truth)
+    train_labeled(cfg("fake"))
+    a, b = (load_state(tmp_path / run / "checkpoint.pt") for run in ("true", "fake"))
+    for key in a["method"]:
+        assert torch.equal(a["method"][key], b["method"][key]), key
+    rows = [(tmp_path / run / "metrics.csv").read_text().splitlines() for run in ("true", "fake")]
+    header = rows[0][0].split(",")
+    assert "diag_pure_clean" in header
+    diag = [i for i, k in enumerate(header) if k.startswith("diag_") or k.endswith("_seconds")]
+    for ra, rb in zip(rows[0][1:], rows[1][1:], strict=True):
+        va, vb = ra.split(","), rb.split(",")
+        assert [v for i, v in enumerate(va) if i not in diag] == [v for i, v in enumerate(vb) if i not in diag]
+    assert any(ra.split(",")[header.index("diag_clean_share")] != rb.split(",")[header.index("diag_clean_share")]
+               for ra, rb in zip(rows[0][1:], rows[1][1:], strict=True))
+    res = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("true", "fake")]
+    assert res[0]["test"] == res[1]["test"]

@@ -16,5 +16,32 @@ def random_batch(n: int, offset: int = 0) -> PairBatch:
         tokens=tokens,
         lengths=lengths,
         index=torch.arange(offset, offset + n),
-        image_index=torch.arange(offset, offset + n),
     )
+
+
+class FakeEpochContext:
+    """A minimal :class:`~noisycorr.methods.context.EpochContext` for driving ``on_epoch_start``.
+
+    Its per-sample pass ignores ``fn`` and returns fixed, clearly bimodal losses: the first 3/4 of
+    the samples low (clean-looking), the rest high, so a fitted split always has a noisy subset.
+    The ``desc`` of every pass is recorded in ``calls``.
+    """
+
+    def __init__(self, epochs: int, n_samples: int = 40, seed: int = 0):
+        self.seed = seed
+        self.epochs = epochs
+        self.device = torch.device("cpu")
+        self.progress = False
+        n_low = 3 * n_samples // 4
+        self.losses = torch.cat(
+            [torch.linspace(0.1, 0.2, n_low), torch.linspace(2.0, 2.2, n_samples - n_low)]
+        )
+        self.calls: list[str] = []
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.losses)
+
+    def per_sample(self, fn, *, batch_size=None, desc="per-sample pass") -> torch.Tensor:
+        self.calls.append(desc)
+        return self.losses.clone()

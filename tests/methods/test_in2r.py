@@ -169,11 +169,11 @@ def test_co_training_step_sums_clean_intra_and_rectification_losses(phase, train
     rng = np.random.default_rng(0)
     _set_splits(m, rng.random(40), rng.random(40))
     peer = m.peer(phase)
-    losses, _ = m.training_step(_batch(8), epoch=1, phase=phase, side=_batch(8, offset=20))
+    losses, _ = m.training_step(_batch(8), epoch=1, phase=phase, streams={"noisy": _batch(8, offset=20)})
     assert set(losses) == {"clean", "intra"}  # the peer's memory is still empty
     g = torch.Generator().manual_seed(3)
     m.memory[peer].push(torch.randn(12, DIM, generator=g), torch.randn(12, DIM, generator=g))
-    losses, _ = m.training_step(_batch(8), epoch=1, phase=phase, side=_batch(8, offset=20))
+    losses, _ = m.training_step(_batch(8), epoch=1, phase=phase, streams={"noisy": _batch(8, offset=20)})
     assert set(losses) == {"clean", "intra", "rect_i2t", "rect_t2i"}
     m.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
@@ -192,7 +192,7 @@ def test_each_network_trains_on_its_peers_split_with_the_noisy_side_from_the_fir
     for name in ("A", "B"):
         split = m.selections[m.peer(name)]
         assert np.array_equal(phases[name].indices, np.flatnonzero(split.clean))
-        assert np.array_equal(phases[name].side, np.flatnonzero(~split.clean))
+        assert np.array_equal(phases[name].streams["noisy"], np.flatnonzero(~split.clean))
 
 
 def test_bad_settings_are_one_line_errors():

@@ -1,11 +1,17 @@
+import math
+
 import numpy as np
 import pytest
 import torch
-from method_helpers import random_batch
+from method_helpers import FakeEpochContext, random_batch
 
+import noisycorr.methods.ncr as ncr_module
 from noisycorr.backbones.vse import VSE
+from noisycorr.methods.context import EpochContext
 from noisycorr.methods.ncr import NCR, match_confidence, soft_margin
 from noisycorr.selection import Selection
+
+N = 40  # training samples of the hand-set splits
 
 
 def _ncr(**cfg) -> NCR:
@@ -14,22 +20,6 @@ def _ncr(**cfg) -> NCR:
 
 
 _batch = random_batch
-
-
-def test_soft_margin_functions_match_the_paper():
-    y = torch.tensor([0.0, 0.5, 1.0])
-    assert torch.allclose(soft_margin(y, 0.2, "exponential"), 0.2 * (10 ** y - 1) / 9)
-    assert torch.allclose(soft_margin(y, 0.2, "linear"), 0.2 * y)
-    assert torch.allclose(soft_margin(y, 0.2, "sine"), torch.tensor([0.0, 0.1, 0.2]), atol=1e-6)
-
-
-def test_match_confidence_is_one_for_a_perfect_batch_and_low_for_swapped_pairs():
-    good = torch.eye(6) * 0.9
-    assert torch.allclose(match_confidence(good, 0.2), torch.ones(6))
-    swapped = good.clone()
-    swapped[[0, 1]] = swapped[[1, 0]]  # pairs 0 and 1 are mismatched
-    p = match_confidence(swapped, 0.2)
-    assert p[0] == 0 and p[1] == 0 and torch.all(p[2:] == 1)
 
 
 def _set_splits(ncr: NCR, n: int) -> tuple[Selection, Selection]:
@@ -41,26 +31,164 @@ def _set_splits(ncr: NCR, n: int) -> tuple[Selection, Selection]:
     return sel_a, sel_b
 
 
+def _per_pair_predictions(monkeypatch) -> dict[str, torch.Tensor]:
+    """Make ``NCR.predict`` return a fixed, different confidence per sample index and per network."""
+    g = torch.Generator().manual_seed(7)
+    table = {"A": torch.rand(N, generator=g) * 0.8 + 0.1, "B": torch.rand(N, generator=g) * 0.8 + 0.1}
+
+    def predict(self, net, batch):
+        return table["A" if net is self.net_a else "B"][batch.index]
+
+    monkeypatch.setattr(NCR, "predict", predict)
+    return table
+
+
+def _spy_margins(monkeypatch) -> list:
+    """Record the margin argument of every ``triplet_loss`` call NCR makes (the real loss is returned)."""
+    seen = []
+    real = ncr_module.triplet_loss
+
+    def spy(scores, margin=0.2, **kwargs):
+        seen.append(margin)
+        return real(scores, margin, **kwargs)
+
+    monkeypatch.setattr(ncr_module, "triplet_loss", spy)
+    return seen
+
+
+# ------------------------------------------------------------------ soft margins and confidence
+
+
+# mutant killed: exponential (10^y - 1) / 9 replaced by (10^y - 1) / 10
+# mutant killed: sine sin(pi y - pi/2) / 2 + 0.5 replaced by cos(pi y - pi/2) / 2 + 0.5
+# mutant killed: y.clamp(0, 1) removed from soft_margin
+def test_soft_margin_shapes_at_zero_half_and_one():
+    """The three margin functions of NCR at y = 0, 0.5, 1 (times m = 0.2), and y clamped into [0, 1]."""
+    y = torch.tensor([0.0, 0.5, 1.0])
+    expected = {
+        "exponential": [0.0, 0.2 * (math.sqrt(10.0) - 1.0) / 9.0, 0.2],  # 0.2 * 0.2403 at y = 0.5
+        "linear": [0.0, 0.1, 0.2],
+        "sine": [0.0, 0.1, 0.2],
+    }
+    for kind, values in expected.items():
+        assert soft_margin(y, 0.2, kind).tolist() == pytest.approx(values, abs=1e-6), kind
+    outside = torch.tensor([-0.5, 1.5])
+    for kind in expected:
+        assert soft_margin(outside, 0.2, kind).tolist() == pytest.approx([0.0, 0.2], abs=1e-6), kind
+
+
+def test_match_confidence_is_one_for_a_perfect_batch_and_low_for_swapped_pairs():
+    good = torch.eye(6) * 0.9
+    assert torch.allclose(match_confidence(good, 0.2), torch.ones(6))
+    swapped = good.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]  # pairs 0 and 1 are mismatched
+    p = match_confidence(swapped, 0.2)
+    assert p[0] == 0 and p[1] == 0 and torch.all(p[2:] == 1)
+
+
+def _graded_scores() -> torch.Tensor:
+    """Off-diagonal scores 0 and positives d = 0.2, 0.15, 0.1, 0.05, 0: with m = 0.2 every negative
+    costs m - d_i in both directions, so the raw confidence of pair i is exactly d_i."""
+    return torch.diag(torch.tensor([0.2, 0.15, 0.1, 0.05, 0.0]))
+
+
+# mutant killed: k = int(B * top_fraction) + 1 replaced by int(B * top_fraction)
+# mutant killed: division by the top-k mean replaced by division by the maximum
+# mutant killed: final clamp(max=1.0) removed
+def test_match_confidence_divides_by_the_mean_of_the_top_k_raw_values():
+    """B = 5, top_fraction 0.5: k = int(2.5) + 1 = 3, raw p = d, divided by (0.2 + 0.15 + 0.1) / 3."""
+    scores = _graded_scores()
+    got = match_confidence(scores, 0.2, top_fraction=0.5)
+    assert got.tolist() == pytest.approx([1.0, 1.0, 0.1 / 0.15, 0.05 / 0.15, 0.0], abs=1e-6)
+    # top_fraction 0.1: k = 1, the maximum
+    assert match_confidence(scores, 0.2, top_fraction=0.1).tolist() == pytest.approx([1, 0.75, 0.5, 0.25, 0], abs=1e-6)
+
+
+# mutant killed: predict calls match_confidence without self.cfg.confidence_top_fraction (default 0.1)
+def test_predict_uses_the_configured_top_fraction(monkeypatch):
+    """``NCR.predict`` normalises with the Config's ``confidence_top_fraction``."""
+    ncr = _ncr(confidence_top_fraction=0.5)
+    monkeypatch.setattr(NCR, "_scores", lambda self, net, batch: _graded_scores())
+    got = ncr.predict(ncr.net_a, _batch(5))
+    assert got.tolist() == pytest.approx([1.0, 1.0, 0.1 / 0.15, 0.05 / 0.15, 0.0], abs=1e-6)
+
+
+# ------------------------------------------------------------------ phases and schedule
+
+
 def test_each_network_trains_on_the_split_its_peer_made():
     ncr = _ncr(warmup_epochs=1)
-    sel_a, sel_b = _set_splits(ncr, 40)
+    sel_a, sel_b = _set_splits(ncr, N)
     ncr.noisy_from_epoch = 3
     early = {p.name: p for p in ncr.epoch_phases(2)}
     assert np.array_equal(early["A"].indices, np.flatnonzero(sel_b.clean))
     assert np.array_equal(early["B"].indices, np.flatnonzero(sel_a.clean))
-    assert early["A"].side is None and early["B"].side is None  # noisy subset not yet used
+    assert early["A"].streams == {} and early["B"].streams == {}  # noisy subset not yet used
     late = {p.name: p for p in ncr.epoch_phases(3)}
-    assert np.array_equal(late["A"].side, np.flatnonzero(~sel_b.clean))
-    assert np.array_equal(late["B"].side, np.flatnonzero(~sel_a.clean))
+    assert np.array_equal(late["A"].streams["noisy"], np.flatnonzero(~sel_b.clean))
+    assert np.array_equal(late["B"].streams["noisy"], np.flatnonzero(~sel_a.clean))
     assert [p.name for p in ncr.epoch_phases(0)] == ["A", "B"] and ncr.epoch_phases(0)[0].indices is None
 
 
+def _epochs_with_noisy_stream(ncr: NCR, ctx: FakeEpochContext) -> list[int]:
+    seen = []
+    for epoch in range(ctx.epochs):
+        ncr.on_epoch_start(epoch, ctx)
+        if any(len(p.streams.get("noisy", ())) > 0 for p in ncr.epoch_phases(epoch)):
+            seen.append(epoch)
+    return seen
+
+
+# mutant killed: epoch >= self.noisy_from_epoch replaced by > in epoch_phases
+# mutant killed: peer_phases(with_side=True) (noisy subset always on)
+# mutant killed: noisy_from_epoch assignment removed from on_epoch_start (noisy_start ignored, stays 0)
+# mutant killed: noisy_from_epoch = int(0.5 * ctx.epochs) (the Config's noisy_start ignored)
+@pytest.mark.parametrize("noisy_start,first", [(0.5, 5), (0.75, 7), (1.0, None)])
+def test_noisy_subset_joins_at_noisy_start_times_epochs(noisy_start, first):
+    """Driven through ``on_epoch_start`` with a 10-epoch context: the noisy stream is in the phases
+    from epoch floor(noisy_start * 10) on, never before (1.0: never)."""
+    ncr = _ncr(warmup_epochs=2, noisy_start=noisy_start)
+    ctx = FakeEpochContext(epochs=10, n_samples=N)
+    assert isinstance(ctx, EpochContext)
+    expected = [] if first is None else list(range(first, 10))
+    assert _epochs_with_noisy_stream(ncr, ctx) == expected
+    assert len(ctx.calls) == 2 * 8  # one pass per network in each of the 8 epochs after the warm-up
+
+
+# mutant killed: `epoch >= self.noisy_from_epoch and` dropped from training_step's noisy branch
+def test_training_step_ignores_a_noisy_batch_before_noisy_start():
+    """Even when handed a noisy batch, the step trains on it only from floor(noisy_start * epochs) on."""
+    ncr = _ncr(warmup_epochs=2, noisy_start=0.5)
+    ctx = FakeEpochContext(epochs=10, n_samples=N)
+    names = {}
+    for epoch in (4, 5):
+        ncr.on_epoch_start(epoch, ctx)
+        steps = ncr.training_step(_batch(8), epoch=epoch, phase="A", streams={"noisy": _batch(8, offset=20)})
+        names[epoch] = [name for losses, _ in steps for name in losses]
+    assert names == {4: ["clean"], 5: ["clean", "noisy"]}
+
+
+# mutant killed: in_warmup returns True when no split was fitted (the old silent warm-up fallback)
+# mutant killed: training_step tests `epoch < cfg.warmup_epochs` instead of in_warmup (KeyError, not the clear error)
+def test_training_after_the_warmup_without_fitted_splits_raises():
+    """Past the warm-up, a step or a phase list without ``fit_selections`` is an error, not a warm-up step."""
+    ncr = _ncr(warmup_epochs=1)
+    assert [n for losses, _ in ncr.training_step(_batch(8), epoch=0, phase="A") for n in losses] == ["warmup_A"]
+    with pytest.raises(RuntimeError, match="no split was fitted"):
+        list(ncr.training_step(_batch(8), epoch=1, phase="A"))
+    with pytest.raises(RuntimeError, match="no split was fitted"):
+        ncr.epoch_phases(1)
+
+
+# ------------------------------------------------------------------ training steps
+
+
 @pytest.mark.parametrize("phase,trained,frozen", [("A", "net_a", "net_b"), ("B", "net_b", "net_a")])
-def test_a_phase_updates_only_its_network_and_uses_the_peer_probability(phase, trained, frozen):
+def test_a_phase_updates_only_its_network(phase, trained, frozen):
     ncr = _ncr(warmup_epochs=0)
-    _set_splits(ncr, 40)
+    _set_splits(ncr, N)
     ncr.noisy_from_epoch = 0
-    steps = list(ncr.training_step(_batch(8), epoch=1, phase=phase, side=_batch(8, offset=20)))
+    steps = list(ncr.training_step(_batch(8), epoch=1, phase=phase, streams={"noisy": _batch(8, offset=20)}))
     assert [next(iter(losses)) for losses, _ in steps] == ["clean", "noisy"]
     for losses, _ in steps:
         ncr.zero_grad(set_to_none=True)
@@ -69,11 +197,82 @@ def test_a_phase_updates_only_its_network_and_uses_the_peer_probability(phase, t
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(ncr, trained).parameters())
 
 
-def test_clean_target_uses_the_peer_probability_per_pair(monkeypatch):
-    ncr = _ncr(warmup_epochs=0, soft_margin="linear")
-    _set_splits(ncr, 40)
-    ncr._peer_prob["B"] = torch.zeros(40)
-    ncr._peer_prob["B"][:4] = 1.0  # pairs 0..3 surely clean according to B
-    monkeypatch.setattr(NCR, "predict", lambda self, net, batch: torch.zeros(len(batch)))
-    (_, logs), = list(ncr.training_step(_batch(8), epoch=1, phase="A"))
-    assert logs["target_clean"] == pytest.approx(0.5)  # (4 * 1 + 4 * 0) / 8, one target per pair
+# mutant killed: target = w + (1 - w) p replaced by (1 - w) + w p (w and 1 - w swapped)
+# mutant killed: w taken as (B, 1) so the target broadcasts to (B, B) (the authors' shape bug)
+# mutant killed: w read from the training network's own probabilities instead of the peer's
+# mutant killed: w = peer_prob[:len(batch)] (by batch position instead of sample index)
+# mutant killed: soft margin kind hard-coded to "exponential" instead of cfg.soft_margin
+@pytest.mark.parametrize("phase", ["A", "B"])
+def test_clean_target_mixes_the_peer_probability_with_the_own_prediction_per_pair(monkeypatch, phase):
+    """Pair i of the clean batch gets margin m * s(w_i + (1 - w_i) p_i): w_i the *peer's* clean
+    probability of sample index i, p_i the training network's prediction of that pair."""
+    ncr = _ncr(warmup_epochs=0, soft_margin="linear", margin=0.2)
+    _set_splits(ncr, N)
+    pred = _per_pair_predictions(monkeypatch)
+    margins = _spy_margins(monkeypatch)
+    batch = _batch(8, offset=5)  # sample indices 5..12, not 0..7
+    (losses, logs), = list(ncr.training_step(batch, epoch=1, phase=phase))
+    w = ncr._peer_prob[ncr.peer(phase)][5:13]
+    target = w + (1 - w) * pred[phase][5:13]
+    assert len(margins) == 1
+    torch.testing.assert_close(margins[0], 0.2 * target)
+    assert logs["target_clean"] == pytest.approx(float(target.mean()), abs=1e-6)
+
+
+# mutant killed: target_u = p_net only (the peer's prediction dropped)
+# mutant killed: target_u = (p_net + the peer's clean probability w) / 2
+# mutant killed: target_u = ((p_net + p_peer) / 2).mean() (one value for the whole batch)
+def test_noisy_target_is_the_mean_prediction_of_both_networks_per_pair(monkeypatch):
+    """Pair i of the noisy batch gets margin m * s((p_net_i + p_peer_i) / 2)."""
+    ncr = _ncr(warmup_epochs=0, soft_margin="linear", margin=0.2)
+    _set_splits(ncr, N)
+    ncr.noisy_from_epoch = 0
+    pred = _per_pair_predictions(monkeypatch)
+    margins = _spy_margins(monkeypatch)
+    side = _batch(8, offset=20)  # sample indices 20..27
+    steps = list(ncr.training_step(_batch(8), epoch=1, phase="B", streams={"noisy": side}))
+    assert [n for losses, _ in steps for n in losses] == ["clean", "noisy"]
+    target_u = (pred["B"][20:28] + pred["A"][20:28]) / 2
+    assert len(margins) == 2
+    torch.testing.assert_close(margins[1], 0.2 * target_u)
+    assert steps[1][1]["target_noisy"] == pytest.approx(float(target_u.mean()), abs=1e-6)
+
+
+def _hinge_by_hand(scores: torch.Tensor, margins: list[float]) -> float:
+    """Sum over pairs i of max_j [m_i + S_ij - S_ii]_+ + max_j [m_i + S_ji - S_ii]_+ (j != i)."""
+    b = scores.shape[0]
+    s = scores.tolist()
+    total = 0.0
+    for i in range(b):
+        total += max(max(0.0, margins[i] + s[i][j] - s[i][i]) for j in range(b) if j != i)
+        total += max(max(0.0, margins[i] + s[j][i] - s[i][i]) for j in range(b) if j != i)
+    return total
+
+
+# mutant killed: triplet_loss(scores, margin.mean(), hardest=True) (a scalar margin)
+# mutant killed: triplet_loss(scores, self.cfg.margin, hardest=True) (the soft margin not used)
+# mutant killed: hardest=False in the clean loss
+def test_the_clean_loss_is_the_hardest_negative_hinge_with_each_pairs_own_soft_margin(monkeypatch):
+    """With fixed scores, peer probabilities and predictions, the clean loss equals the hinge
+    computed by hand with margin m * (10^y_i - 1) / 9 for pair i."""
+    ncr = _ncr(warmup_epochs=0, margin=0.2)  # exponential soft margin (the default)
+    _set_splits(ncr, N)
+    ncr._peer_prob["B"][:4] = torch.tensor([0.1, 0.9, 0.5, 0.3])
+    monkeypatch.setattr(NCR, "predict", lambda self, net, batch: torch.tensor([0.2, 0.0, 0.4, 0.1]))
+    scores = torch.tensor(
+        [
+            [0.50, 0.45, 0.30, 0.42],
+            [0.40, 0.60, 0.55, 0.20],
+            [0.35, 0.50, 0.55, 0.46],
+            [0.48, 0.10, 0.30, 0.52],
+        ]
+    )
+    monkeypatch.setattr(NCR, "_scores", lambda self, net, batch: scores.clone().requires_grad_())
+    (losses, _), = list(ncr.training_step(_batch(4), epoch=1, phase="A"))
+    y = [w + (1 - w) * p for w, p in zip([0.1, 0.9, 0.5, 0.3], [0.2, 0.0, 0.4, 0.1])]
+    margins = [0.2 * (10**v - 1) / 9 for v in y]
+    assert losses["clean"].item() == pytest.approx(_hinge_by_hand(scores, margins), abs=1e-6)
+    # the same scores with one margin for all pairs give another loss: the check can tell them apart
+    mean_margin = sum(margins) / 4
+    assert abs(_hinge_by_hand(scores, [mean_margin] * 4) - _hinge_by_hand(scores, margins)) > 1e-3
+    assert abs(_hinge_by_hand(scores, [0.2] * 4) - _hinge_by_hand(scores, margins)) > 1e-3

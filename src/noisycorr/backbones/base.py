@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` section: ``backbone`` names a registered backbone, every other key is an option of it.
+
+    Each backbone declares its options as a nested ``Config`` dataclass subclassing this one, and a run's
+    ``cfg.model`` is an instance of it (see :func:`noisycorr.config.model_config`), so the section stays
+    flat in YAML. A key the chosen backbone lacks is an error, also when ``--set model.backbone=...``
+    switches away from a preset that set it; ``model.KEY=null`` removes such a key.
+    """
+
+    backbone: str = "vse"  # a registered backbone: vse | sgraf | global | a plug-in
 
 
 class Backbone(nn.Module):
@@ -15,9 +29,44 @@ class Backbone(nn.Module):
 
     Attributes:
         image_input: ``"regions"`` for (B, R, D) region features, ``"pooled"`` for (B, D).
+        Config: the dataclass of every option the user sets in the ``model`` section, a subclass of
+            :class:`ModelConfig` whose fields are keyword arguments of ``__init__``.
     """
 
     image_input: ClassVar[str] = "regions"
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        *,
+        vocab_size: int,
+        image_shape: tuple[int, ...],
+        word_vectors: Tensor | None = None,
+    ) -> Backbone:
+        """Build the backbone from its ``model`` section and the sizes the data dictates.
+
+        Args:
+            cfg: an instance of ``cls.Config``.
+            vocab_size: number of token ids.
+            image_shape: one image's features, (R, D) regions or (D,) pooled.
+            word_vectors: (vocab_size, word_dim) initial word embedding, loaded from the file that
+                ``cfg.word_vectors`` names; None for a random one.
+        """
+        if not isinstance(cfg, cls.Config):
+            raise TypeError(f"{cls.__name__}.from_config needs a {cls.__name__}.Config, got {type(cfg).__name__}")
+        options = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "backbone"}
+        if "word_vectors" in options:  # the config holds the file's path, the constructor the matrix
+            options["word_vectors"] = word_vectors
+        elif word_vectors is not None:
+            raise TypeError(f"{cls.__name__} takes no word_vectors")
+        return cls(vocab_size=vocab_size, **cls.data_arguments(image_shape), **options)
+
+    @classmethod
+    def data_arguments(cls, image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Constructor arguments read off one image's feature shape (default: ``img_dim``, the last size)."""
+        return {"img_dim": int(image_shape[-1])}
 
     def encode_images(self, images: Tensor) -> Tensor:
         """(B, R, D) or (B, D) features -> image embedding (B, ...)."""

@@ -17,11 +17,14 @@ large requests into sub-blocks (captions grouped by length, so short captions ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisycorr.backbones.base import Backbone
+from noisycorr.backbones.base import Backbone, ModelConfig
 from noisycorr.backbones.ops import (
     l1norm,
     l2norm,
@@ -150,6 +153,30 @@ class SGRAF(Backbone):
     """
 
     image_input = "regions"
+
+    @dataclass
+    class Config(ModelConfig):
+        """The ``model`` section of an SGRAF run: the class arguments but those the data fixes
+        (vocab_size, img_dim, num_regions); ``word_vectors`` names the file to load."""
+
+        backbone: str = "sgraf"
+        embed_size: int = 1024
+        word_dim: int = 300
+        word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
+        text_layers: int = 1
+        dropout: float = 0.0
+        head: str = "sgr"
+        sim_dim: int = 256
+        sgr_steps: int = 3
+        lambda_softmax: float = 9.0
+        chunk_elems: int | None = None
+
+    @classmethod
+    def data_arguments(cls, image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """``img_dim`` and ``num_regions`` from one image's (R, D) region features."""
+        if len(image_shape) != 2:
+            raise ValueError(f"SGRAF needs (R, D) region features per image, found shape {tuple(image_shape)}")
+        return {"img_dim": int(image_shape[1]), "num_regions": int(image_shape[0])}
 
     def __init__(
         self,

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from noisycorr.bench.pins import pin_key, read_pins
 from noisycorr.bench.runner import ATTEMPTS_FILE, RESULTS_FILE, cell_status
 from noisycorr.bench.spec import BenchSpec, Cell
-from noisycorr.config import config_from_dict
 from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.data.precomp import load_precomp
+from noisycorr.engine.rundir import read_run_config
 from noisycorr.engine.setup import data_root
 from noisycorr.errors import InputError
 
@@ -322,7 +321,7 @@ def _true_clean(rec: CellRecord, protocol: str, index: np.ndarray, n_captions: i
     if protocol == "per_image":
         n_images = index.shape[0]
     else:
-        cfg = config_from_dict(yaml.safe_load((rec.cell.dir / "config.yaml").read_text(encoding="utf-8")))
+        cfg = read_run_config(rec.cell.dir)
         n_images = load_precomp(data_root(cfg), cfg.data.train_split, features=cfg.data.features,
                                 captions_per_image=cfg.data.captions_per_image).n_images
     cpi = n_captions // n_images

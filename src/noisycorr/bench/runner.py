@@ -23,7 +23,7 @@ from pathlib import Path
 from noisycorr.bench.pins import pin_noise
 from noisycorr.bench.spec import BenchSpec, Cell, cell_config
 from noisycorr.data.paths import atomic_write_bytes
-from noisycorr.engine.trainer import STATE_FILE, check_same_settings
+from noisycorr.engine.rundir import RunPaths, check_same_settings
 from noisycorr.errors import InputError
 
 RESULTS_FILE = "results.json"
@@ -63,7 +63,7 @@ def cell_status(cell: Cell) -> str:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return "training"
-    if (cell.dir / STATE_FILE).is_file():
+    if RunPaths(cell.dir).state.is_file():
         return "interrupted"
     return "new"
 
@@ -156,7 +156,7 @@ def run_bench(
                 with lock:
                     echo(f"  skip {cell.key}: {'finished' if mine else 'being trained by another process'}")
                 return None
-            resume = (cell.dir / STATE_FILE).is_file()
+            resume = RunPaths(cell.dir).state.is_file()
             cmd = train_command(cell, threads=threads, resume=resume)
             with lock:
                 echo(f"  start {cell.key}{' (resuming)' if resume else ''}")

@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from noisycorr.engine.labeled import (
-    TASK,
-    evaluate_labeled_run,
-    is_labeled_run,
-    load_labeled_config,
-    read_preset_layers,
-    train_labeled,
-)
+from noisycorr.config import load_config, read_preset_layers
+from noisycorr.engine.labels import TASK, evaluate_labeled_run
+from noisycorr.engine.rundir import is_labeled_run
+from noisycorr.engine.trainer import train
 from noisycorr.errors import InputError
 
 __all__ = ["eval_labeled_cli", "is_labeled_config", "is_labeled_run", "train_labeled_cli"]
@@ -63,8 +59,8 @@ def train_labeled_cli(
         extra.append(f"method.name={method}")
     if out:
         extra.append(f"run.out_dir={out}")
-    cfg = load_labeled_config(preset_or_path, extra)
-    results = train_labeled(cfg, resume=resume)
+    cfg = load_config(preset_or_path, extra)
+    results = train(cfg, resume=resume)
     best = results["best"]
     val_kind = "noisy" if results["split"]["val"] == "train" and cfg.eval.val_labels == "noisy" else "given"
     print(f"best validation (epoch {best['epoch'] + 1}, {val_kind} labels): {_fmt(best['val'])}")

@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=50, help="suspicious pairs listed in the report")
     p.add_argument("--clean-copy", help="also write the dataset without the flagged pairs (precomp layout) here")
     p.add_argument("--recompute", action="store_true", help="score again instead of reading pair_scores.npy")
-    p.add_argument("--estimator", choices=["gmm", "bmm"], default="gmm")
+    p.add_argument("--estimator", choices=["gmm", "bmm"], default=None,
+                   help="mixture over the per-sample losses (default: the run's method's own; implies --recompute)")
     p.add_argument("--data", help="the run's data folder, if it moved")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_audit)

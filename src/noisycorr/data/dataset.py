@@ -42,14 +42,15 @@ class PairBatch:
         tokens: (B, L) int64, padded with 0 (``<pad>``); each row starts with ``<start>``.
         lengths: (B,) int64, tokens per caption including ``<start>``/``<end>``.
         index: (B,) int64 sample index = caption index in the split (keys per-sample passes).
-        image_index: (B,) int64 image row actually paired with the caption (noisy).
+
+    A batch carries no image row: with the clean pairing known (caption k // captions_per_image)
+    the image row would reveal which pairs are mismatched, and methods must not see that.
     """
 
     images: Tensor
     tokens: Tensor
     lengths: Tensor
     index: Tensor
-    image_index: Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
         return _to(self, device, non_blocking)  # type: ignore[return-value]
@@ -344,7 +345,6 @@ class PairDataset(Dataset):
             tokens=torch.from_numpy(np.ascontiguousarray(tokens)),
             lengths=torch.from_numpy(lengths.astype(np.int64)),
             index=torch.from_numpy(idx),
-            image_index=torch.from_numpy(rows),
         )
 
     def __getitem__(self, index: int) -> PairBatch:

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.errors import InputError
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a killed run never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -63,9 +64,7 @@ def weight_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def export_weights(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Write the module's weights (without training-only state) as safetensors with string metadata (atomic)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in weight_state(module).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

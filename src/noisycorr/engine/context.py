@@ -1,16 +1,16 @@
-"""What a method may ask of the engine at epoch boundaries: per-sample passes over the training pairs."""
+"""The engine's implementation of the epoch contexts a method is written against
+(:mod:`noisycorr.methods.context`): per-sample passes over the training samples in a fixed order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from noisycorr.data.dataset import PairBatch, PairDataset
 
 PASS_STREAM = 7919  # separates the fixed pass order from every epoch's shuffling
 
@@ -35,11 +35,14 @@ def fixed_batches(n: int, batch_size: int, seed: int) -> list[tuple[np.ndarray, 
 
 @dataclass
 class TrainContext:
-    """The engine's services for a method's epoch hooks. It holds no ground truth.
+    """The engine's services for a method's epoch hooks (an :class:`~noisycorr.methods.context.EpochContext`).
+
+    It holds no ground truth: ``fetch`` builds the batches a method's own loader would see.
 
     Attributes:
         method: the module being trained (put in eval mode during passes).
-        dataset: the training pairs without augmentation.
+        fetch: sample indices (b,) -> a batch of those samples, without augmentation.
+        n: number of training samples.
         batch_size: the default batch of per-sample passes.
         device: where batches go.
         seed: run seed; fixes the pass order.
@@ -48,7 +51,8 @@ class TrainContext:
     """
 
     method: nn.Module
-    dataset: PairDataset
+    fetch: Callable[[np.ndarray], Any]
+    n: int
     batch_size: int
     device: torch.device
     seed: int = 0
@@ -57,13 +61,13 @@ class TrainContext:
 
     @property
     def n_samples(self) -> int:
-        return len(self.dataset)
+        return self.n
 
     @torch.no_grad()
     def per_sample(
-        self, fn: Callable[[PairBatch], Tensor], *, batch_size: int | None = None, desc: str = "per-sample pass"
+        self, fn: Callable[[Any], Tensor], *, batch_size: int | None = None, desc: str = "per-sample pass"
     ) -> Tensor:
-        """``fn`` on every training pair, in a fixed order (independent of loader shuffling).
+        """``fn`` on every training sample, in a fixed order (independent of loader shuffling).
 
         Args:
             fn: maps a batch on ``device`` to a (b, ...) tensor of per-sample values.
@@ -77,13 +81,34 @@ class TrainContext:
         self.method.eval()
         try:
             out: Tensor | None = None
-            batches = fixed_batches(self.n_samples, batch_size or self.batch_size, self.seed)
+            batches = fixed_batches(self.n, batch_size or self.batch_size, self.seed)
             for idx, first in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
-                values = fn(self.dataset.__getitems__(idx).to(self.device)).detach().float().cpu()
+                values = fn(self.fetch(idx).to(self.device)).detach().float().cpu()
                 if out is None:
-                    out = torch.zeros((self.n_samples, *values.shape[1:]), dtype=torch.float32)
+                    out = torch.zeros((self.n, *values.shape[1:]), dtype=torch.float32)
                 out[torch.from_numpy(idx[first:])] = values[first:]
             assert out is not None
             return out
         finally:
             self.method.train(was_training)
+
+
+@dataclass
+class LabelTrainContext(TrainContext):
+    """The labelled task's context: also the whole training split (a
+    :class:`~noisycorr.methods.context.LabelEpochContext`).
+
+    Attributes:
+        images: (N, Di) image features on ``device``.
+        texts: (N, Dt) text features on ``device``.
+        labels: (2, N, C) float noisy multi-hot labels.
+    """
+
+    images: Tensor | None = None
+    texts: Tensor | None = None
+    labels: Tensor | None = None
+
+
+def pair_context(method: nn.Module, dataset: Sequence[Any], **kwargs: Any) -> TrainContext:
+    """A context whose batches come from ``dataset.__getitems__`` (a :class:`~noisycorr.data.dataset.PairDataset`)."""
+    return TrainContext(method, dataset.__getitems__, len(dataset), **kwargs)

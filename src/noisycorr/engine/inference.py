@@ -74,8 +74,12 @@ def evaluate_method(
     device: torch.device | str = "cpu",
     n_images: int | None = None,
     progress: bool = False,
+    combine: Callable[[list[Tensor]], Tensor] | None = None,
 ) -> dict[str, float]:
-    """R@K, ranks and rSum of the averaged similarity of ``backbones`` (several: also ``net{k}_*``).
+    """R@K, ranks and rSum of the combined similarity of ``backbones`` (several: also ``net{k}_*``).
+
+    ``combine`` turns one (n_img, n_txt) block per backbone into one (default: their mean; a
+    method's :meth:`~noisycorr.methods.base.Method.eval_similarity`).
 
     Each similarity block a protocol asks for is computed once per backbone and reused for the
     ensemble, so two-network methods cost two similarity passes, not three. ``vocab`` may be one
@@ -114,8 +118,10 @@ def evaluate_method(
             res = evaluate_protocol(fn, caption_image, protocol, captions_per_image=split.captions_per_image)
             out.update({f"net{k}_{key}": v for key, v in res.items() if isinstance(v, (int, float))})
 
+    merge = combine or average_similarities
+
     def ensemble(rows: slice, cols: slice) -> Tensor:
-        return average_similarities([fn(rows, cols) for fn in fns]) if len(fns) > 1 else fns[0](rows, cols)
+        return merge([fn(rows, cols) for fn in fns]) if len(fns) > 1 else fns[0](rows, cols)
 
     res = evaluate_protocol(ensemble, caption_image, protocol, captions_per_image=split.captions_per_image)
     out.update({k: v for k, v in res.items() if isinstance(v, (int, float))})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
+
+from noisycorr.data.paths import atomic_write_bytes
 
 
 class MetricsLogger:
@@ -33,9 +34,7 @@ class MetricsLogger:
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
         writer.writerows(self.history)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
         if self.writer is not None:
             step = int(row.get("epoch", len(self.history)))
             for key, value in row.items():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
+
+from noisycorr.data.paths import atomic_write_bytes
 
 
 def have_matplotlib() -> bool:
@@ -15,8 +17,10 @@ def have_matplotlib() -> bool:
     return True
 
 
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Two panels per epoch: the training losses, and validation rSum with the best epoch marked."""
+def plot_history(
+    history: list[dict[str, Any]], path: Path, *, metric: str = "val_rsum", label: str = "validation rSum"
+) -> None:
+    """Two panels per epoch: the training losses, and the validation ``metric`` with the best epoch marked."""
     if not have_matplotlib():
         raise SystemExit("plots need the extra: pip install 'noisycorr[plot]'")
     import matplotlib
@@ -30,14 +34,14 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
         ax_loss.plot(epochs, [r.get(key, float("nan")) for r in history], marker=".", label=key[5:])
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean per batch)")
     ax_loss.legend(fontsize=8)
-    rsum = [r.get("val_rsum", float("nan")) for r in history]
+    rsum = [r.get(metric, float("nan")) for r in history]
     ax_val.plot(epochs, rsum, marker=".", color="tab:green")
     best = max(range(len(rsum)), key=lambda i: rsum[i])
     ax_val.axvline(epochs[best], color="grey", linestyle=":", label=f"best: epoch {epochs[best]}")
-    ax_val.set(xlabel="epoch", ylabel="validation rSum")
+    ax_val.set(xlabel="epoch", ylabel=label)
     ax_val.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())

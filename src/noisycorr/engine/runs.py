@@ -5,25 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-from noisycorr.config import Config, config_from_dict
+from noisycorr.config import Config
 from noisycorr.data.precomp import load_precomp
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.engine.checkpoint import check_weights_choice, load_last_weights, load_weights
 from noisycorr.engine.inference import evaluate_method
+from noisycorr.engine.pairs import weights_metadata
+from noisycorr.engine.rundir import RunPaths, read_run_config
 from noisycorr.engine.setup import build_method, data_root, pick_device
-from noisycorr.engine.trainer import RunPaths, weights_metadata
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method
-
-
-def read_run_config(run_dir: str | Path) -> Config:
-    """The resolved config saved in a run folder."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.is_file():
-        raise InputError(paths.root, "a run folder with config.yaml", "no config.yaml")
-    return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")), str(paths.config))
 
 
 def load_run(
@@ -82,13 +73,14 @@ def evaluate_run(
         features=cfg.data.features,
         captions_per_image=cfg.data.captions_per_image,
     )
-    backbones = [b for _, method, _ in loaded for b in method.backbones]
-    vocabs = [v for _, method, v in loaded for _ in method.backbones]
+    combine = None
+    if len(loaded) == 1:  # one run: its method says how its networks are combined
+        _, method, vocab = loaded[0]
+        backbones, combine = method.eval_backbones(), method.eval_similarity
+        vocabs = [vocab] * len(backbones)
+    else:  # an ensemble of runs: the mean of every run's networks
+        backbones = [b for _, method, _ in loaded for b in method.eval_backbones()]
+        vocabs = [v for _, method, v in loaded for _ in method.eval_backbones()]
     return evaluate_method(
-        backbones,
-        precomp,
-        vocabs,
-        protocol=protocol,
-        settings=cfg.eval,
-        device=pick_device(device),
+        backbones, precomp, vocabs, protocol=protocol, settings=cfg.eval, device=pick_device(device), combine=combine
     )

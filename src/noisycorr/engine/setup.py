@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -28,8 +27,8 @@ from noisycorr.data.noise import (
 from noisycorr.data.precomp import PrecompSplit, load_precomp
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.errors import InputError
+from noisycorr.factory import get_backbone_class, get_method_class
 from noisycorr.methods.base import Method
-from noisycorr.factory import create_backbone, get_backbone_class, get_method_class
 
 
 @dataclass
@@ -158,33 +157,18 @@ def build_method(cfg: Config, vocab: Vocabulary, image_shape: tuple[int, ...]) -
     """
     m = cfg.model
     word_vectors = None
-    if m.word_vectors:
+    if getattr(m, "word_vectors", None):
         from noisycorr.backbones.text import load_word_vectors
 
         word_vectors, _ = load_word_vectors(Path(m.word_vectors).expanduser(), vocab.word2idx, m.word_dim)
-    kwargs = dict(
-        vocab_size=len(vocab),
-        img_dim=int(image_shape[-1]),
-        embed_size=m.embed_size,
-        word_dim=m.word_dim,
-        word_vectors=word_vectors,
-        text_layers=m.text_layers,
-        dropout=m.dropout,
-    )
-    if m.backbone == "vse" and m.text_mlp:
-        kwargs.update(text_mlp=True)
-    if m.backbone == "sgraf":
-        kwargs.update(head=m.head, sim_dim=m.sim_dim, sgr_steps=m.sgr_steps, num_regions=int(image_shape[0]))
+    backbone_cls = get_backbone_class(m.backbone)
     method_values = dict(cfg.method)
     cls = get_method_class(str(method_values.pop("name")))
     method_cfg = cls.make_config(method_values)
-    return cls(method_cfg, lambda: create_backbone(m.backbone, **kwargs))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    return cls(
+        method_cfg,
+        lambda: backbone_cls.from_config(m, vocab_size=len(vocab), image_shape=image_shape, word_vectors=word_vectors),
+    )
 
 
 def pick_device(name: str) -> torch.device:

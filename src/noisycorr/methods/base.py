@@ -1,23 +1,58 @@
-"""The contract of a training method: a plug-in ``nn.Module`` driven by the engine.
+"""The method contract: a plug-in ``nn.Module`` driven by the one training loop of both tasks.
 
-The engine calls, every epoch:
+Where a new method's author starts reading. A method is registered with ``@register_method("name")``
+(:mod:`noisycorr.registry`), carries a ``citation`` and a ``Config`` dataclass (the YAML ``method``
+section, checked key by key), and declares its ``task`` (``"pairs"``: image-caption pairs with
+possibly wrong correspondence; ``"labels"``: items with possibly wrong category labels). It never
+imports the engine: it is written against the Protocols of :mod:`noisycorr.methods.context`.
 
-1. ``on_epoch_start(epoch, ctx)``: the method may run per-sample passes over the training pairs
-   (``ctx.per_sample``) and fit its sample selection; it returns values to log and publishes its
-   current clean-probability estimates in ``self.selections`` (diagnostics only read them).
-2. ``epoch_phases(epoch)``: the loaders of the epoch. Each :class:`Phase` iterates a subset of the
-   training pairs (all by default), optionally with a second subset drawn in parallel (``side``).
-3. ``training_step(batch, epoch, phase=..., side=...)`` for every batch of every phase. It returns
-   ``(losses, logs)`` for one optimiser step, or yields several ``(losses, logs)`` tuples: the engine
-   backpropagates and steps after each one, so a later loss sees the updated weights.
+Every epoch the engine calls, in order:
+
+1. ``on_epoch_start(epoch, ctx)``: per-sample passes (``ctx.per_sample(fn)``: ``fn`` on every
+   training sample in a fixed order, eval mode), fitting a selection; returns values to log.
+2. ``epoch_phases(epoch)``: the :class:`Phase` list of the epoch, trained one after the other. A
+   phase iterates its ``indices`` (every sample when None) in shuffled batches, and draws a batch
+   of each named stream in ``streams`` alongside (restarted when exhausted).
+3. ``training_step(batch, epoch, phase=name, streams={stream: batch})`` for every batch. It returns
+   ``(losses, logs)`` (or an :class:`Update`) for one optimiser step, or yields several: the engine
+   backpropagates the sum of the losses and steps after each one, so a later loss sees the updated
+   weights. An :class:`Update` may name which optimisers step.
+
+What the engine asks besides (each has a default):
+
+- ``optimizer_specs()``: the method's optimisers as :class:`OptimizerSpec` (name, parameters, own lr,
+  optimiser kind, weight decay, schedule). Default: one ``"main"`` over every trainable parameter.
+  Every trainable parameter belongs to exactly one spec; frozen ones (``requires_grad=False``, e.g.
+  a distillation teacher) to none. All optimiser states are saved in the checkpoint.
+- ``manual_optimization = True``: the engine no longer backpropagates or steps; ``training_step``
+  gets ``control=`` (:class:`~noisycorr.methods.context.StepControl`: ``backward``, ``step(name)``,
+  ``zero_grad``, ``optimizer(name)``, ``lr(name)``) and returns the losses only to be logged. This is
+  how a meta-learning step with a functional (``torch.func``) virtual update is written.
+- ``eval_backbones()`` and ``eval_similarity(sims)``: the networks evaluated and how their (n_img,
+  n_txt) similarity matrices are combined (default: every backbone, mean of the matrices).
+- ``diagnostics()``: the method's current beliefs about each training sample, a dict of
+  :class:`~noisycorr.selection.Selection` (clean probability, clean split, loss, named groups). The
+  engine scores them against the ground truth *for the log only* (``det_*`` / ``diag_*`` columns).
+  Default: ``self.selections``.
+- ``score_pairs(ctx)``: the audit's (N,) clean probability of every training pair, computed with
+  the method's own settings (``margin``, ``estimator``, ``pass_batch_size``, ``monotone`` of its
+  Config when it has them).
+- Extra trained state (memories, codebooks, histories) is kept in *buffers* (``register_buffer``, of
+  fixed shape: a ring with a size counter, an (N, T) history) so it is saved in ``checkpoint.pt``
+  and restored on ``--resume``. State-dict prefixes listed in ``training_only_state`` are kept out
+  of ``best.safetensors`` (evaluation does not need them).
+
+What a method never sees: the ground-truth noise mask, the clean pairing (batches carry no image
+index) or the clean labels. A static test (tests/test_boundaries.py) checks the source of every
+method for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -26,45 +61,82 @@ from torch import Tensor, nn
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.errors import InputError
+from noisycorr.eval.retrieval import average_similarities
 from noisycorr.losses import triplet_loss
+from noisycorr.methods.context import EpochContext, StepControl
 
 if TYPE_CHECKING:
     from noisycorr.data.dataset import PairBatch
-    from noisycorr.engine.context import TrainContext
     from noisycorr.selection import Selection
 
 StepOutput = tuple[dict[str, Tensor], dict[str, float]]
-StepResult = StepOutput | Iterator[StepOutput]
+
+
+@dataclass
+class Update:
+    """One optimiser update: named losses (summed), values to log, and which optimisers step.
+
+    Attributes:
+        losses: scalar losses; their sum is backpropagated.
+        logs: floats to average into the epoch's row of ``metrics.csv``.
+        optimizers: names of the :class:`OptimizerSpec` to step; None steps every optimiser.
+    """
+
+    losses: dict[str, Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+    optimizers: tuple[str, ...] | None = None
+
+
+StepResult = StepOutput | Update | Iterator[StepOutput | Update]
 
 
 @dataclass
 class Phase:
-    """One pass of an epoch: ``indices`` in shuffled batches, with ``side`` batches alongside.
+    """One pass of an epoch: ``indices`` in shuffled batches, with a batch of each stream alongside.
 
     Attributes:
         name: handed to :meth:`Method.training_step` (e.g. which network is trained).
-        indices: training-pair indices of the main stream; None means every pair.
-        side: indices of a second stream drawn in parallel and restarted when exhausted (NCR's
-            noisy subset); None for none. The phase lasts as long as the main stream.
+        indices: training-sample indices of the main stream; None means every sample. The phase
+            lasts as long as the main stream.
+        streams: named index sets drawn in parallel, one batch each per main batch, restarted when
+            exhausted (NCR's noisy subset is ``{"noisy": idx}``). Empty streams are not drawn.
     """
 
     name: str = "train"
     indices: np.ndarray | None = None
-    side: np.ndarray | None = None
+    streams: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSpec:
+    """An optimiser the method asks the engine for.
+
+    Attributes:
+        name: how updates and :class:`StepControl` refer to it.
+        params: its parameters (or torch parameter-group dicts).
+        lr: base learning rate; None takes ``train.lr``.
+        optimizer: ``adam`` | ``adamw`` | ``sgd``; None takes ``train.optimizer``.
+        weight_decay: None takes ``train.weight_decay``.
+        schedule: ``step`` | ``constant`` | ``cosine``; None takes ``train.schedule``.
+    """
+
+    name: str
+    params: list[Any]
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
 
 
 class Method(nn.Module):
-    """A paper's training algorithm over one or more backbones.
-
-    Subclasses set ``citation`` and a ``Config`` dataclass, build their backbones from the factory,
-    and implement :meth:`training_step`. The engine owns devices, optimisers, schedules, clipping,
-    loaders, checkpoints and logging. A method never sees the ground-truth noise mask.
-    """
+    """A paper's training algorithm (see the module docstring for the whole contract)."""
 
     citation: ClassVar[str] = ""
     task: ClassVar[str] = "pairs"
     # State-dict key prefixes saved in the resumable checkpoint but not in the exported best weights.
     training_only_state: ClassVar[tuple[str, ...]] = ()
+    # True: training_step gets ``control=`` and runs backward / step itself.
+    manual_optimization: ClassVar[bool] = False
 
     @dataclasses.dataclass
     class Config:
@@ -84,24 +156,52 @@ class Method(nn.Module):
                 raise InputError(source, f"a key of [method] for {cls.registered_name} among {names}", repr(key))
         return cls.Config(**values)
 
+    # ------------------------------------------------------------------ what the engine asks
+
     @property
     def backbones(self) -> list[Backbone]:
-        """The networks whose similarity matrices are averaged at evaluation."""
+        """The backbone submodules, in registration order."""
         return [m for m in self.children() if isinstance(m, Backbone)]
 
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> dict[str, float]:
+    def optimizer_specs(self) -> list[OptimizerSpec]:
+        """The optimisers to build (default: one ``main`` over every trainable parameter)."""
+        return [OptimizerSpec("main", [p for p in self.parameters() if p.requires_grad])]
+
+    def eval_backbones(self) -> list[Backbone]:
+        """The networks whose similarities are combined at evaluation (default: every backbone)."""
+        return self.backbones
+
+    def eval_similarity(self, sims: list[Tensor]) -> Tensor:
+        """Combine one (n_img, n_txt) block per evaluation network into one (default: the mean)."""
+        return sims[0] if len(sims) == 1 else average_similarities(sims)
+
+    def diagnostics(self) -> dict[str, Selection]:
+        """The current per-sample beliefs to score against the truth in the log (default: ``selections``)."""
+        return dict(self.selections)
+
+    # ------------------------------------------------------------------ the training hooks
+
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
         """Called before each training epoch; returns values to log."""
         return {}
 
     def epoch_phases(self, epoch: int) -> list[Phase]:
-        """The passes of this epoch (default: one pass over every training pair)."""
+        """The passes of this epoch (default: one pass over every training sample)."""
         return [Phase()]
 
     def training_step(
-        self, batch: PairBatch, epoch: int, *, phase: str = "train", side: PairBatch | None = None
+        self,
+        batch: Any,
+        epoch: int,
+        *,
+        phase: str = "train",
+        streams: Mapping[str, Any] | None = None,
+        control: StepControl | None = None,
     ) -> StepResult:
         """One batch: named losses (summed by the engine) and values to log, or a generator of them."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ pair scores (audit)
 
     @torch.no_grad()
     def per_sample_loss(self, net: Backbone, batch: PairBatch, margin: float = 0.2) -> Tensor:
@@ -111,19 +211,29 @@ class Method(nn.Module):
         scores = net.similarity(img, txt, batch.lengths).float()
         return triplet_loss(scores, margin, hardest=False, reduction="none")
 
-    def score_pairs(self, ctx: TrainContext, *, estimator: str = "gmm", seed: int = 0) -> np.ndarray:
+    def score_pairs(self, ctx: EpochContext, *, estimator: str | None = None, seed: int = 0) -> np.ndarray:
         """(N,) probability that each training pair is a true match, 1 = clean.
 
-        Default: per backbone, the per-sample mean hinge over a fixed set of in-batch negatives is
-        turned into a clean probability by a two-component mixture; the backbones' probabilities
-        are averaged (for co-teaching methods each network was trained on its peer's split).
+        Default: per evaluation network, the per-sample mean hinge over a fixed set of in-batch
+        negatives is turned into a clean probability by a two-component mixture; the networks'
+        probabilities are averaged. The margin, estimator, pass batch size and monotone posterior
+        are the method's own (its Config's ``margin``, ``estimator``, ``pass_batch_size``,
+        ``monotone`` when it has them); ``estimator`` overrides the method's.
         """
         from noisycorr.selection import clean_probability
 
+        margin = float(getattr(self.cfg, "margin", 0.2))
+        estimator = estimator or str(getattr(self.cfg, "estimator", "gmm"))
+        monotone = bool(getattr(self.cfg, "monotone", True))
+        batch_size = getattr(self.cfg, "pass_batch_size", None)
         probs = [
-            clean_probability(ctx.per_sample(lambda b, n=net: self.per_sample_loss(n, b)).numpy(),
-                              estimator=estimator, seed=seed)
-            for net in self.backbones
+            clean_probability(
+                ctx.per_sample(lambda b, n=net: self.per_sample_loss(n, b, margin), batch_size=batch_size).numpy(),
+                estimator=estimator,
+                seed=seed,
+                monotone=monotone,
+            )
+            for net in self.eval_backbones()
         ]
         return np.mean(probs, axis=0)
 

@@ -10,6 +10,7 @@ against wrong labels; it is the reference the robust methods have to beat.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -36,7 +37,8 @@ class CrossEntropy(LabelMethod):
         self.classifier = SharedClassifier(self.embed_dim, self.num_classes)
 
     def training_step(
-        self, batch: LabelBatch, epoch: int, *, phase: str = "train", side: LabelBatch | None = None
+        self, batch: LabelBatch, epoch: int, *, phase: str = "train", streams: Mapping[str, LabelBatch] | None = None,
+        control: None = None,
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         self.classifier.renormalize()
         img = self.encode_images(batch.images)

@@ -5,7 +5,7 @@ warm-up, every training pair's mean-negative hinge under each network (a per-sam
 mode, fixed in-batch negatives) is turned into a clean probability by a two-component mixture and
 split at a threshold (:mod:`noisycorr.selection`). Network X then trains on the split made by its
 peer (co-teaching): the peer's clean subset is the main stream of X's phase, its noisy subset the
-side stream. The selections are published in ``self.selections`` for the diagnostics.
+``noisy`` stream. The selections are published in ``self.selections`` for the diagnostics.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import torch
 from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
-from noisycorr.engine.context import TrainContext
 from noisycorr.methods.base import Method, Phase
+from noisycorr.methods.context import EpochContext
 from noisycorr.selection import Selection, clean_probability, split_clean
 
 
 class CoTeachingMethod(Method):
     """Base of the two-network methods: networks ``net_a`` / ``net_b``, splits, peer phases.
 
-    The subclass's ``Config`` must have ``margin``, ``warmup_epochs``, ``estimator``,
+    The subclass's ``Config`` must have ``margin``, ``warmup_epochs``, ``estimator``, ``monotone``,
     ``p_threshold``, ``min_noisy_fraction`` and ``pass_batch_size``.
     """
 
@@ -45,9 +45,17 @@ class CoTeachingMethod(Method):
         return "B" if name == "A" else "A"
 
     def in_warmup(self, epoch: int) -> bool:
-        return epoch < self.cfg.warmup_epochs or not self.selections
+        """Whether ``epoch`` is a warm-up epoch; after it, the splits must have been fitted."""
+        if epoch < self.cfg.warmup_epochs:
+            return True
+        if not self.selections:
+            raise RuntimeError(
+                f"{type(self).__name__}: epoch {epoch} is past the warm-up but no split was fitted "
+                "(on_epoch_start must run fit_selections first)"
+            )
+        return False
 
-    def fit_selections(self, ctx: TrainContext) -> dict[str, float]:
+    def fit_selections(self, ctx: EpochContext) -> dict[str, float]:
         """Per-sample pass, mixture and split for each network; fills ``self.selections``.
 
         Returns:
@@ -60,7 +68,9 @@ class CoTeachingMethod(Method):
                 batch_size=self.cfg.pass_batch_size,
                 desc=f"per-sample pass {name}",
             )
-            prob = clean_probability(losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed)
+            prob = clean_probability(
+                losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed, monotone=self.cfg.monotone
+            )
             clean = split_clean(prob, threshold=self.cfg.p_threshold, min_noisy_fraction=self.cfg.min_noisy_fraction)
             sel = Selection(prob, clean, losses.numpy())
             self.selections[name] = sel
@@ -73,6 +83,6 @@ class CoTeachingMethod(Method):
         phases = []
         for name in ("A", "B"):
             split = self.selections[self.peer(name)]
-            side = np.flatnonzero(~split.clean) if with_side else None
-            phases.append(Phase(name, indices=np.flatnonzero(split.clean), side=side))
+            streams = {"noisy": np.flatnonzero(~split.clean)} if with_side else {}
+            phases.append(Phase(name, indices=np.flatnonzero(split.clean), streams=streams))
         return phases

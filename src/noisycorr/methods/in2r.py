@@ -49,119 +49,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.ops import l2norm
 from noisycorr.data.dataset import PairBatch
-from noisycorr.engine.context import TrainContext
 from noisycorr.errors import InputError
 from noisycorr.losses import rce_infonce_loss, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
+from noisycorr.methods.memory import KNN_BACKENDS, PairMemory, import_faiss, nearest_neighbours
 from noisycorr.registry import register_method
 from noisycorr.selection import ESTIMATORS
 
 __all__ = ["IN2R", "GraphRefiner", "PairMemory", "nearest_neighbours"]
 
-KNN_BACKENDS = ("torch", "faiss")
-RECTIFY_WEIGHT = 0.5  # the weight of each direction's rectification loss (authors' value)
-
-
-class PairMemory(nn.Module):
-    """A fixed-capacity first-in first-out ring of (image, caption) embedding pairs.
-
-    Everything is a buffer, so the memory follows ``.to(device)`` and is in ``state_dict()``.
-    Once full, each new pair overwrites the oldest one.
-
-    Args:
-        capacity: number of pairs kept.
-        dim: embedding size.
-    """
-
-    def __init__(self, capacity: int, dim: int):
-        super().__init__()
-        self.capacity = int(capacity)
-        self.register_buffer("images", torch.zeros(self.capacity, dim))
-        self.register_buffer("captions", torch.zeros(self.capacity, dim))
-        self.register_buffer("next_slot", torch.zeros((), dtype=torch.long))
-        self.register_buffer("size", torch.zeros((), dtype=torch.long))
-
-    def __len__(self) -> int:
-        return int(self.size)
-
-    @torch.no_grad()
-    def push(self, images: Tensor, captions: Tensor) -> None:
-        """Store (n, dim) image and caption embeddings (detached) in arrival order."""
-        n = images.shape[0]
-        if n == 0:
-            return
-        start = int(self.next_slot)
-        if n > self.capacity:  # only the newest `capacity` survive a sequential write
-            start = (start + n - self.capacity) % self.capacity
-            images, captions = images[-self.capacity :], captions[-self.capacity :]
-        slots = (start + torch.arange(images.shape[0], device=self.images.device)) % self.capacity
-        self.images[slots] = images.detach().to(self.images.dtype)
-        self.captions[slots] = captions.detach().to(self.captions.dtype)
-        self.next_slot.fill_((int(self.next_slot) + n) % self.capacity)
-        self.size.fill_(min(int(self.size) + n, self.capacity))
-
-    def contents(self) -> tuple[Tensor, Tensor]:
-        """The stored (size, dim) images and captions (slot order, not arrival order)."""
-        n = len(self)
-        return self.images[:n], self.captions[:n]
-
-
-@torch.no_grad()
-def nearest_neighbours(
-    queries: Tensor, keys: Tensor, k: int, *, chunk: int = 16384, backend: str = "torch"
-) -> Tensor:
-    """(B, k) indices of the ``k`` keys with the largest inner product with each query, best first.
-
-    For unit vectors this is the cosine. The torch backend scans the keys in blocks of ``chunk`` rows
-    and keeps a running top-k, so memory is bounded by (B, chunk + k) scores.
-
-    Args:
-        queries: (B, D).
-        keys: (N, D), N >= k.
-        k: neighbours per query.
-        chunk: keys per block (torch backend).
-        backend: ``"torch"`` (matrix products on the queries' device) or ``"faiss"`` (exact
-            inner-product index on the CPU; needs ``noisycorr[faiss]``).
-    """
-    if backend == "faiss":
-        faiss = _import_faiss()
-        index = faiss.IndexFlatIP(keys.shape[1])
-        index.add(np.ascontiguousarray(keys.detach().float().cpu().numpy()))
-        _, found = index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
-        return torch.from_numpy(found).long().to(queries.device)
-    if backend != "torch":
-        raise InputError("method.knn_backend", f"one of {list(KNN_BACKENDS)}", repr(backend))
-    q = queries.detach().float()
-    best_val = q.new_empty(q.shape[0], 0)
-    best_idx = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
-    for start in range(0, keys.shape[0], chunk):
-        block = q @ keys[start : start + chunk].float().t()  # (B, c)
-        val, idx = block.topk(min(k, block.shape[1]), dim=1)
-        best_val = torch.cat([best_val, val], dim=1)
-        best_idx = torch.cat([best_idx, idx + start], dim=1)
-        keep = best_val.topk(min(k, best_val.shape[1]), dim=1).indices
-        best_val, best_idx = best_val.gather(1, keep), best_idx.gather(1, keep)
-    return best_idx
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise InputError(
-            "method.knn_backend", "faiss installed (pip install 'noisycorr[faiss]')", "no faiss module"
-        ) from None
-    return faiss
 
 
 class GraphRefiner(nn.Module):
@@ -233,10 +139,12 @@ class IN2R(CoTeachingMethod):
         refiner_dropout: float = 0.1
         refiner: bool = True  # False: the prototype is the plain normalised mean of the k neighbours
         estimator: str = "gmm"  # clean-probability estimator: gmm (NCR) or bmm
+        monotone: bool = True  # clean probability made non-increasing in the loss; False: the raw posterior
         p_threshold: float = 0.5  # clean if the clean probability is above this
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         knn_backend: str = "torch"  # torch (matrix products) | faiss (optional extra)
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
+        rectify_weight: float = 0.5  # weight of each direction's rectification loss (authors' value)
 
     knn_chunk = 16384  # memory rows per block of the torch neighbour search
 
@@ -244,7 +152,7 @@ class IN2R(CoTeachingMethod):
         if cfg.knn_backend not in KNN_BACKENDS:
             raise InputError("method.knn_backend", f"one of {list(KNN_BACKENDS)}", repr(cfg.knn_backend))
         if cfg.knn_backend == "faiss":
-            _import_faiss()
+            import_faiss()
         if cfg.estimator not in ESTIMATORS:
             raise InputError("method.estimator", f"one of {list(ESTIMATORS)}", repr(cfg.estimator))
         if cfg.k < 1 or cfg.queue_size < cfg.k:
@@ -272,7 +180,7 @@ class IN2R(CoTeachingMethod):
 
     # ---------------------------------------------------------------- epoch hooks
 
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> dict[str, float]:
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
         logs = {f"memory_{name}": float(len(mem)) for name, mem in self.memory.items()}
         if epoch < self.cfg.warmup_epochs:
             self.selections = {}
@@ -322,9 +230,11 @@ class IN2R(CoTeachingMethod):
         return self.refiners[f"{name}_{direction}"](neighbours)
 
     def training_step(
-        self, batch: PairBatch, epoch: int, *, phase: str = "A", side: PairBatch | None = None
+        self, batch: PairBatch, epoch: int, *, phase: str = "A", streams: Mapping[str, PairBatch] | None = None,
+        control: None = None,
     ) -> StepOutput:
         net = self.nets()[phase]
+        side = (streams or {}).get("noisy")
         tau = self.cfg.temperature
         img1, txt1, img2, txt2 = self._two_views(net, batch)
         if self.in_warmup(epoch):
@@ -352,5 +262,5 @@ class IN2R(CoTeachingMethod):
                     continue
                 target = self.prototypes(phase, direction, query.detach())
                 if target is not None:
-                    losses[f"rect_{direction}"] = RECTIFY_WEIGHT * rce_infonce_loss(query @ target.t(), tau)
+                    losses[f"rect_{direction}"] = self.cfg.rectify_weight * rce_infonce_loss(query @ target.t(), tau)
         return losses, logs

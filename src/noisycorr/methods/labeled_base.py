@@ -1,18 +1,17 @@
 """The contract of a noisy-label method: per-modality MLP encoders into one unit-sphere space.
 
 A labelled-task method owns an image encoder and a text encoder (MLPs on pre-extracted features,
-L2-normalised outputs) and whatever it adds (a shared classifier, class prototypes). The engine
-(``noisycorr.engine.labeled``) calls, every epoch, :meth:`LabelMethod.on_epoch_start` with the whole
-training set (features and *noisy* labels), then iterates the :class:`~noisycorr.methods.base.Phase`
-list of :meth:`LabelMethod.epoch_phases` in shuffled batches through :meth:`LabelMethod.training_step`
-(the same contract as the pair methods, with a :class:`LabelBatch` and a :class:`TrainSet`).
-Retrieval uses the cosine similarity of the two embeddings. A method never sees the clean labels.
+L2-normalised outputs) and whatever it adds (a shared classifier, class prototypes). It follows the
+contract of :mod:`noisycorr.methods.base` (the same training loop drives both tasks): its
+``on_epoch_start`` gets a :class:`~noisycorr.methods.context.LabelEpochContext` (the whole training
+split: features and *noisy* labels), and its ``training_step`` a :class:`LabelBatch`. Retrieval uses
+the cosine similarity of the two embeddings. A method never sees the clean labels.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method, Phase, StepResult
+from noisycorr.methods.context import LabelEpochContext
 
 PURE, HARD, NOISY = 0, 1, 2
 
@@ -55,24 +55,6 @@ class LabelBatch:
             image_labels=self.image_labels.to(device),
             text_labels=self.text_labels.to(device),
         )
-
-
-@dataclass
-class TrainSet:
-    """The whole training split as the methods may read it (on the training device).
-
-    Attributes:
-        images: (N, Di) image features.
-        texts: (N, Dt) text features.
-        labels: (2, N, C) float noisy multi-hot labels (images, texts).
-    """
-
-    images: Tensor
-    texts: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
 
 class MLPEncoder(nn.Module):
@@ -210,24 +192,26 @@ class LabelMethod(Method):
         self.train(was_training)
         return out
 
-    def on_epoch_start(self, epoch: int, ctx: TrainSet) -> dict[str, float]:  # type: ignore[override]
-        """Per-epoch work on the whole training set ``ctx`` (e.g. a partition); returns values to log."""
+    def on_epoch_start(self, epoch: int, ctx: LabelEpochContext) -> dict[str, float]:  # type: ignore[override]
+        """Per-epoch work on the whole training split ``ctx`` (e.g. a partition); returns values to log."""
         return {}
 
     def epoch_phases(self, epoch: int) -> list[Phase]:
         """The passes of this epoch, trained one after the other (default: every training item)."""
         return [Phase()]
 
-    def partition(self) -> np.ndarray | None:
-        """(N,) int8 subset of each training item (PURE / HARD / NOISY) when the method splits the data."""
-        return None
-
     def training_step(  # type: ignore[override]
-        self, batch: LabelBatch, epoch: int, *, phase: str = "train", side: LabelBatch | None = None
+        self,
+        batch: LabelBatch,
+        epoch: int,
+        *,
+        phase: str = "train",
+        streams: Mapping[str, LabelBatch] | None = None,
+        control: None = None,
     ) -> StepResult:
         """One batch: named losses (summed by the engine) and values to log."""
         raise NotImplementedError
 
-    def score_pairs(self, ctx: Any, *, estimator: str = "gmm", seed: int = 0) -> np.ndarray:
+    def score_pairs(self, ctx: Any, *, estimator: str | None = None, seed: int = 0) -> np.ndarray:
         name = type(self).__name__
         raise InputError("method", "a pair-task method to score pairs", f"the labelled-task method {name}")

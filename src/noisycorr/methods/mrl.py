@@ -20,6 +20,7 @@ Loss = beta * (RC_image + RC_text) + (1 - beta) * MC. MRL's Wikipedia command: b
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -82,7 +83,8 @@ class MRL(LabelMethod):
         self.classifier = SharedClassifier(self.embed_dim, self.num_classes)
 
     def training_step(
-        self, batch: LabelBatch, epoch: int, *, phase: str = "train", side: LabelBatch | None = None
+        self, batch: LabelBatch, epoch: int, *, phase: str = "train", streams: Mapping[str, LabelBatch] | None = None,
+        control: None = None,
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         self.classifier.renormalize()
         img = self.encode_images(batch.images)

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.data.dataset import PairBatch
-from noisycorr.engine.context import TrainContext
 from noisycorr.errors import InputError
 from noisycorr.losses import hinge_costs, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
 from noisycorr.registry import register_method
 
@@ -79,19 +79,23 @@ class NCR(CoTeachingMethod):
         margin: float = 0.2
         warmup_epochs: int = 5  # mean-negative hinge on all pairs, each network alone
         estimator: str = "gmm"  # clean-probability estimator: gmm (NCR) or bmm (BiCro's Beta mixture)
+        monotone: bool = True  # clean probability made non-increasing in the loss; False: NCR's raw posterior
         p_threshold: float = 0.5  # clean if the clean probability is above this
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
         noisy_start: float = 0.5  # the noisy subset joins from epoch floor(noisy_start * epochs) on; 1.0 = never
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
+        confidence_top_fraction: float = 0.1  # p is divided by the mean of the top floor(B * this) + 1 values
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
+        if not 0.0 <= cfg.confidence_top_fraction <= 1.0:
+            raise InputError("method.confidence_top_fraction", "a value in [0, 1]", repr(cfg.confidence_top_fraction))
         if cfg.soft_margin not in SOFT_MARGINS:
             raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
         super().__init__(cfg, build_backbone)
         self.noisy_from_epoch = 0
 
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> dict[str, float]:
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
         self.noisy_from_epoch = int(self.cfg.noisy_start * ctx.epochs)
         if epoch < self.cfg.warmup_epochs:
             self.selections = {}
@@ -100,7 +104,7 @@ class NCR(CoTeachingMethod):
 
     def epoch_phases(self, epoch: int) -> list[Phase]:
         """Warm-up: each network on all pairs. Then network X trains on its peer's clean split,
-        with the peer's noisy split alongside (used from ``noisy_start`` on)."""
+        with the peer's noisy split alongside from ``noisy_start`` on."""
         if self.in_warmup(epoch):
             return [Phase("A"), Phase("B")]
         return self.peer_phases(with_side=epoch >= self.noisy_from_epoch)
@@ -116,14 +120,16 @@ class NCR(CoTeachingMethod):
         was = net.training
         net.eval()
         try:
-            return match_confidence(self._scores(net, batch), self.cfg.margin)
+            return match_confidence(self._scores(net, batch), self.cfg.margin, self.cfg.confidence_top_fraction)
         finally:
             net.train(was)
 
     def training_step(
-        self, batch: PairBatch, epoch: int, *, phase: str = "A", side: PairBatch | None = None
+        self, batch: PairBatch, epoch: int, *, phase: str = "A", streams: Mapping[str, PairBatch] | None = None,
+        control: None = None,
     ) -> Iterator[StepOutput]:
         net = self.nets()[phase]
+        side = (streams or {}).get("noisy")
         if self.in_warmup(epoch):
             loss = triplet_loss(self._scores(net, batch), self.cfg.margin, hardest=False)
             yield {f"warmup_{phase}": loss}, {}

@@ -30,6 +30,7 @@ support point per class.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisycorr.methods.base import Phase
-from noisycorr.methods.labeled_base import HARD, NOISY, PURE, LabelBatch, LabelMethod, TrainSet, soft_cross_entropy
+from noisycorr.methods.context import LabelEpochContext
+from noisycorr.methods.labeled_base import HARD, NOISY, PURE, LabelBatch, LabelMethod, soft_cross_entropy
 from noisycorr.registry import register_method
+from noisycorr.selection import Selection
 
 
 def sinkhorn(a: Tensor, b: Tensor, cost: Tensor, reg: float, *, max_iter: int = 1000, tol: float = 1e-9) -> Tensor:
@@ -234,23 +237,30 @@ class NIRNL(LabelMethod):
             )
         return torch.cat(protos)
 
-    def on_epoch_start(self, epoch: int, ctx: TrainSet) -> dict[str, float]:  # type: ignore[override]
-        train = ctx
-        img = self.embed(train.images, self.encode_images)
-        txt = self.embed(train.texts, self.encode_texts)
-        img_lab, txt_lab = train.labels[0], train.labels[1]
+    def on_epoch_start(self, epoch: int, ctx: LabelEpochContext) -> dict[str, float]:  # type: ignore[override]
+        img = self.embed(ctx.images, self.encode_images)
+        txt = self.embed(ctx.texts, self.encode_texts)
+        img_lab, txt_lab = ctx.labels[0], ctx.labels[1]
         self.prototypes = self.compute_prototypes(img, txt, img_lab, txt_lab)
         votes_img = knn_label_votes(img, img_lab, self.cfg.top_k)
         votes_txt = knn_label_votes(txt, txt_lab, self.cfg.top_k)
         self._codes = refine_partition(votes_img, votes_txt, img_lab, txt_lab)
-        n = float(len(train))
+        n = float(ctx.n_samples)
         return {
             f"share_{name}": float((self._codes == code).sum()) / n
             for name, code in (("pure", PURE), ("hard", HARD), ("noisy", NOISY))
         }
 
     def partition(self) -> np.ndarray | None:
+        """(N,) int8 subset code (PURE / HARD / NOISY) of each training item, once computed."""
         return None if self._codes is None else self._codes.cpu().numpy()
+
+    def diagnostics(self) -> dict[str, Selection]:
+        codes = self.partition()
+        if codes is None:
+            return {}
+        groups = {name: codes == code for name, code in (("pure", PURE), ("hard", HARD), ("noisy", NOISY))}
+        return {"nir": Selection(prob=None, clean=groups["pure"], groups=groups)}
 
     def epoch_phases(self, epoch: int) -> list[Phase]:
         codes = self.partition()
@@ -264,7 +274,8 @@ class NIRNL(LabelMethod):
         return [p for p in phases if p.indices is not None and p.indices.shape[0] > 1]
 
     def training_step(
-        self, batch: LabelBatch, epoch: int, *, phase: str = "pure", side: LabelBatch | None = None
+        self, batch: LabelBatch, epoch: int, *, phase: str = "pure", streams: Mapping[str, LabelBatch] | None = None,
+        control: None = None,
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         img = self.encode_images(batch.images)
         txt = self.encode_texts(batch.texts)

@@ -8,7 +8,7 @@ warm-up epochs that average over all negatives (as VSE-infinity does).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from torch import Tensor
 
@@ -38,7 +38,8 @@ class Vanilla(Method):
         self.net = build_backbone()
 
     def training_step(
-        self, batch: PairBatch, epoch: int, *, phase: str = "train", side: PairBatch | None = None
+        self, batch: PairBatch, epoch: int, *, phase: str = "train", streams: Mapping[str, PairBatch] | None = None,
+        control: None = None,
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         img = self.net.encode_images(batch.images)
         txt = self.net.encode_texts(batch.tokens, batch.lengths)

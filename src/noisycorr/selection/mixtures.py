@@ -290,21 +290,25 @@ def bmm_clean_probability(
     return monotone_in_loss(x, prob) if monotone else prob
 
 
-def clean_probability(losses: np.ndarray, *, estimator: str = "gmm", seed: int = 0) -> np.ndarray:
+def clean_probability(
+    losses: np.ndarray, *, estimator: str = "gmm", seed: int = 0, monotone: bool = True
+) -> np.ndarray:
     """Clean probability of each sample from its loss, with the named estimator.
 
     Args:
         losses: (N,) per-sample losses.
         estimator: ``"gmm"`` (NCR) or ``"bmm"`` (BiCro).
         seed: seed of the GMM (the Beta mixture is deterministic and ignores it).
+        monotone: make the posterior non-increasing in the loss (:func:`monotone_in_loss`); False
+            gives the mixture's raw posterior, as the authors' code uses it.
 
     Returns:
         (N,) float64 in [0, 1].
     """
     if estimator == "gmm":
-        return gmm_clean_probability(losses, seed=seed)
+        return gmm_clean_probability(losses, seed=seed, monotone=monotone)
     if estimator == "bmm":
-        return bmm_clean_probability(losses)
+        return bmm_clean_probability(losses, monotone=monotone)
     raise InputError("estimator", f"one of {', '.join(ESTIMATORS)}", repr(estimator))
 
 
@@ -334,26 +338,37 @@ def split_clean(prob: np.ndarray, *, threshold: float = 0.5, min_noisy_fraction:
 
 @dataclass
 class Selection:
-    """A clean/noisy split of the training samples.
+    """What a method currently believes about each training sample: a clean / noisy split.
+
+    The one diagnostics record of both tasks (:meth:`Method.diagnostics`): the engine scores it
+    against the ground truth for the log, and nothing else reads the truth.
 
     Attributes:
-        prob: (N,) float64 clean probability.
-        clean: (N,) bool, True = clean.
+        prob: (N,) float64 clean probability; None when the method has no probability (a partition).
+        clean: (N,) bool, True = clean (the subset the method trusts).
         loss: (N,) the per-sample statistic the probabilities came from (higher = more likely
             mismatched), kept for diagnostics; None when unknown.
+        groups: named (N,) bool masks of the subsets a method trains differently (e.g. NIRNL's
+            pure / hard / noisy); None when the split has two sides only.
     """
 
-    prob: np.ndarray
+    prob: np.ndarray | None
     clean: np.ndarray
     loss: np.ndarray | None = None
+    groups: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        self.prob = np.asarray(self.prob, dtype=np.float64)
         self.clean = np.asarray(self.clean, dtype=bool)
-        if self.prob.ndim != 1 or self.prob.shape != self.clean.shape:
+        if self.prob is not None:
+            self.prob = np.asarray(self.prob, dtype=np.float64)
+        shape = self.clean.shape if self.prob is None else self.prob.shape
+        if self.clean.ndim != 1 or shape != self.clean.shape:
             raise InputError(
-                "Selection", "prob and clean of the same shape (N,)", f"{self.prob.shape} and {self.clean.shape}"
+                "Selection", "prob and clean of the same shape (N,)", f"{shape} and {self.clean.shape}"
             )
+        for name, mask in (self.groups or {}).items():
+            if np.shape(mask) != self.clean.shape:
+                raise InputError("Selection", f"group {name!r} of shape {self.clean.shape}", str(np.shape(mask)))
 
     @classmethod
     def from_losses(

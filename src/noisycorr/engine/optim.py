@@ -1,0 +1,158 @@
+"""The optimisers a method asks for, their learning-rate schedules, and the step machinery
+(AMP scaling, clipping) shared by automatic and manual optimisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from noisycorr.config import TrainConfig
+from noisycorr.errors import InputError
+from noisycorr.methods.base import Method, OptimizerSpec
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("step", "constant", "cosine")
+
+
+def schedule_factor(train: TrainConfig, schedule: str, epoch: int) -> float:
+    """Learning-rate multiplier of ``epoch``.
+
+    ``step``: ``lr_decay ** (epoch // lr_update)``; ``constant``: 1; ``cosine``:
+    ``(1 + cos(pi * epoch / epochs)) / 2``.
+    """
+    if schedule == "step":
+        return train.lr_decay ** (epoch // max(train.lr_update, 1))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(train.epochs, 1)))
+    raise InputError("train.schedule", f"one of {', '.join(SCHEDULES)}", repr(schedule))
+
+
+def _torch_optimizer(kind: str, params: list[Any], lr: float, weight_decay: float, train: TrainConfig):
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(train.beta1, train.beta2), weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(train.beta1, train.beta2), weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=weight_decay)
+    raise InputError("train.optimizer", f"one of {', '.join(OPTIMIZERS)}", repr(kind))
+
+
+def _spec_params(spec: OptimizerSpec) -> Iterable[torch.nn.Parameter]:
+    for item in spec.params:
+        if isinstance(item, dict):
+            yield from item["params"]
+        else:
+            yield item
+
+
+class Optimizers:
+    """The method's named optimisers built from its :class:`OptimizerSpec` list.
+
+    Every trainable parameter of the method must belong to exactly one spec.
+    """
+
+    def __init__(self, method: Method, train: TrainConfig):
+        self.train = train
+        self.specs = {spec.name: spec for spec in method.optimizer_specs()}
+        if not self.specs:
+            raise RuntimeError(f"{type(method).__name__}.optimizer_specs() returned no optimiser")
+        owner: dict[int, str] = {}
+        for name, spec in self.specs.items():
+            for p in _spec_params(spec):
+                if id(p) in owner:
+                    raise RuntimeError(f"a parameter is in optimisers {owner[id(p)]!r} and {name!r}")
+                owner[id(p)] = name
+        names = {id(p): n for n, p in method.named_parameters()}
+        orphans = [names[id(p)] for p in method.parameters() if p.requires_grad and id(p) not in owner]
+        if orphans:
+            raise RuntimeError(f"trainable parameters in no optimiser: {orphans[:5]} ({len(orphans)} in all)")
+        self.base_lr = {n: (s.lr if s.lr is not None else train.lr) for n, s in self.specs.items()}
+        self.torch = {
+            n: _torch_optimizer(
+                s.optimizer or train.optimizer,
+                list(s.params),
+                self.base_lr[n],
+                train.weight_decay if s.weight_decay is None else s.weight_decay,
+                train,
+            )
+            for n, s in self.specs.items()
+        }
+        self.params = {n: [p for g in o.param_groups for p in g["params"]] for n, o in self.torch.items()}
+
+    def names(self) -> list[str]:
+        return list(self.torch)
+
+    def set_epoch(self, epoch: int) -> dict[str, float]:
+        """Set every optimiser's lr for ``epoch``; returns the lrs (``lr`` for ``main``, ``lr_NAME`` else)."""
+        out = {}
+        for name, opt in self.torch.items():
+            schedule = self.specs[name].schedule or self.train.schedule
+            lr = self.base_lr[name] * schedule_factor(self.train, schedule, epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            out["lr" if name == "main" else f"lr_{name}"] = lr
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.torch.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, opt in self.torch.items():
+            opt.load_state_dict(state[name])
+
+
+class Stepper:
+    """Backward and step with AMP scaling and clipping: the engine's own updates and the
+    :class:`~noisycorr.methods.context.StepControl` of manual optimisation."""
+
+    def __init__(self, optimizers: Optimizers, scaler: torch.amp.GradScaler, grad_clip: float):
+        self.optimizers, self.scaler, self.grad_clip = optimizers, scaler, grad_clip
+
+    def _pick(self, name: str | None) -> list[str]:
+        if name is None:
+            return self.optimizers.names()
+        if name not in self.optimizers.torch:
+            raise RuntimeError(f"no optimiser {name!r} (the method declares {self.optimizers.names()})")
+        return [name]
+
+    def optimizer(self, name: str = "main") -> torch.optim.Optimizer:
+        return self.optimizers.torch[self._pick(name)[0]]
+
+    def lr(self, name: str = "main") -> float:
+        return float(self.optimizer(name).param_groups[0]["lr"])
+
+    def zero_grad(self, name: str | None = None) -> None:
+        for n in self._pick(name):
+            self.optimizers.torch[n].zero_grad(set_to_none=True)
+
+    def backward(self, loss: Tensor, **kwargs: Any) -> None:
+        self.scaler.scale(loss).backward(**kwargs)
+
+    def step(self, name: str = "main") -> None:
+        for n in self._pick(name):
+            opt = self.optimizers.torch[n]
+            if self.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.optimizers.params[n], self.grad_clip)
+            self.scaler.step(opt)
+        self.scaler.update()
+
+    def update(self, loss: Tensor, names: tuple[str, ...] | None) -> None:
+        """One automatic update: zero the named optimisers' grads, backward, clip, step."""
+        picked = self.optimizers.names() if names is None else [n for name in names for n in self._pick(name)]
+        for n in picked:
+            self.optimizers.torch[n].zero_grad(set_to_none=True)
+        self.backward(loss)
+        for n in picked:
+            opt = self.optimizers.torch[n]
+            if self.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.optimizers.params[n], self.grad_clip)
+            self.scaler.step(opt)
+        self.scaler.update()
