@@ -12,7 +12,13 @@ from noisycorr.config import load_config
 from noisycorr.engine.checkpoint import load_state
 from noisycorr.engine.trainer import train
 
-NCR_TINY = {"noise.rate": 0.4, "train.epochs": 4, "method.warmup_epochs": 1, "train.batch_size": 16}
+NCR_TINY = {
+    "noise.rate": 0.4,
+    "train.epochs": 4,
+    "method.warmup_epochs": 1,
+    "method.noisy_start": 0.5,  # the noisy subset joins at epoch floor(0.5 * 4) = 2
+    "train.batch_size": 16,
+}
 
 
 def _rows(run):
@@ -20,7 +26,12 @@ def _rows(run):
         return list(csv.DictReader(fh))
 
 
+# mutant killed: NCR.on_epoch_start ignores noisy_start (noisy_from_epoch stays 0: noisy on after the warm-up)
+# mutant killed: noisy_from_epoch = warmup_epochs
+# mutant killed: epoch >= noisy_from_epoch replaced by > in NCR.epoch_phases
 def test_ncr_trains_end_to_end_with_detection_diagnostics(tiny_root, tmp_path):
+    """Warm-up, then co-training with the noisy subset from epoch 2 (the first ``loss_noisy`` in
+    metrics.csv), detection diagnostics every co-training epoch, pair scores and both networks' results."""
     results = train(load_config("demo-ncr", tiny_overrides(tiny_root, tmp_path / "r", **NCR_TINY)))
     rows = _rows(tmp_path / "r")
     assert rows[0]["det_A_auc"] == "" and rows[0]["warmup"] == "1.0"  # warm-up: no split yet
@@ -29,7 +40,9 @@ def test_ncr_trains_end_to_end_with_detection_diagnostics(tiny_root, tmp_path):
         # the monotone clean probability ranks pairs as their loss does
         assert float(row["det_A_auc"]) == pytest.approx(float(row["det_A_loss_auc"]), abs=2e-5)
         assert float(row["loss_clean"]) > 0
-    assert float(rows[-1]["loss_noisy"]) > 0  # the noisy subset joined at mid-training
+    with_noisy = [int(row["epoch"]) for row in rows if row["loss_noisy"] != ""]
+    assert with_noisy == [2, 3]  # the noisy subset joined at epoch floor(noisy_start * epochs), not before
+    assert all(float(rows[e]["loss_noisy"]) > 0 for e in with_noisy)
     scores = np.load(tmp_path / "r" / "pair_scores.npy")
     assert scores.shape == (len(np.load(tmp_path / "r" / "noise_index.npy")),)
     assert scores.min() >= 0 and scores.max() <= 1

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from noisycorr.methods.labeled_base import HARD, NOISY, PURE, SharedClassifier
+from noisycorr.methods.labeled_base import HARD, NOISY, PURE, LabelBatch, SharedClassifier
 from noisycorr.methods.mrl import multimodal_contrastive_loss, robust_clustering_loss
 from noisycorr.methods.nirnl import (
     NIRNL,
@@ -183,3 +183,121 @@ def test_nirnl_epoch_start_builds_prototypes_and_phases() -> None:
     method.cfg.train_noisy = False
     method._codes = torch.tensor([NOISY] * 4 + [HARD] * 4, dtype=torch.int8)
     assert [p.name for p in method.epoch_phases(0)] == ["hard"]
+
+
+# ------------------------------------------------------------------ NIRNL's per-subset losses by hand
+
+PROTOS = 2.0 * torch.eye(3)  # fixed class prototypes: the logits are 2 * the unit embedding
+
+
+def _nirnl_by_hand(**cfg: float) -> NIRNL:
+    """NIRNL whose encoders only L2-normalise (one bias-free linear layer set to the identity)."""
+    method = NIRNL(NIRNL.Config(**cfg), image_dim=3, text_dim=3, num_classes=3, hidden=4, hidden_layers=0, embed_dim=3)
+    with torch.no_grad():
+        method.image_net.proj.weight.copy_(torch.eye(3))
+        method.text_net.proj.weight.copy_(torch.eye(3))
+    method.prototypes = PROTOS.clone()
+    return method
+
+
+def _hand_batch() -> LabelBatch:
+    """Three pairs. Item 0: the text is surer than the image, so argmax w follows the text; item 2:
+    the image is sure of class 0, the text leans to class 2, so argmax w follows the image. Item 2's
+    image and text carry different labels (per-modality noise)."""
+    return LabelBatch(
+        index=torch.arange(3),
+        images=torch.tensor([[1.0, 0.9, 0.0], [0.2, 1.0, 0.6], [1.0, 0.0, 0.05]]),
+        texts=torch.tensor([[0.0, 1.0, 0.3], [0.1, 0.4, 1.0], [0.9, 0.1, 1.0]]),
+        image_labels=onehot(0, 1, 2),
+        text_labels=onehot(0, 1, 0),
+    )
+
+
+def _expected_nirnl(method: NIRNL, batch: LabelBatch, phase: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase's label loss (before label_weight) and the CMP loss (before alpha), from the definitions."""
+    img = batch.images @ method.image_net.proj.weight.T
+    txt = batch.texts @ method.text_net.proj.weight.T
+    img, txt = img / img.norm(dim=1, keepdim=True), txt / txt.norm(dim=1, keepdim=True)
+    p_img, p_txt = (img @ PROTOS.T).softmax(1), (txt @ PROTOS.T).softmax(1)
+    if phase == "noisy":
+        w = 1 - (1 - p_img) * (1 - p_txt)
+        pseudo = F.one_hot(w.argmax(1), 3).float()
+        per_item = (pseudo - p_img).abs().sum(1) + (pseudo - p_txt).abs().sum(1)
+    else:
+        w = (1 - (1 - p_img) * (1 - p_txt)).detach() if phase == "hard" else torch.ones_like(p_img)
+        per_item = -(batch.image_labels * w * p_img.log()).sum(1) - (batch.text_labels * w * p_txt.log()).sum(1)
+    return per_item.mean(), margin_ranking_loss(img, txt, 0.5)
+
+
+def _grads(method: NIRNL, loss: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, [method.image_net.proj.weight, method.text_net.proj.weight]))
+
+
+def test_hand_batch_tells_the_pseudo_label_apart_from_either_modality_alone() -> None:
+    """The hand batch is informative: argmax of w differs from argmax p_img on one item and from
+    argmax p_txt on another, and the labels differ from the pseudo-labels."""
+    batch = _hand_batch()
+    p_img = (F.normalize(batch.images, dim=1) @ PROTOS.T).softmax(1)
+    p_txt = (F.normalize(batch.texts, dim=1) @ PROTOS.T).softmax(1)
+    w = (1 - (1 - p_img) * (1 - p_txt)).argmax(1)
+    assert (w != p_img.argmax(1)).any() and (w != p_txt.argmax(1)).any()
+    assert (w != batch.image_labels.argmax(1)).any()
+
+
+# mutant killed: label_weight ignored ({phase: label.mean()})
+# mutant killed: alpha ignored ("cmp": cmp)
+# mutant killed: the text cross-entropy taken against the image labels
+# mutant killed: the hard weight w applied in the pure phase too
+# mutant killed: hard weight not applied; w not detached (the [hard] case, by value and by gradient)
+@pytest.mark.parametrize("phase", ["pure", "hard"])
+def test_nirnl_cross_entropy_phases_match_the_hand_computation(phase: str) -> None:
+    """pure: CE(p_img, y_img) + CE(p_txt, y_txt); hard: the same with each class weighted by the
+    detached w = 1 - (1 - p_img)(1 - p_txt); times label_weight, plus alpha * CMP. Values and
+    gradients (a non-detached w gives other gradients)."""
+    method = _nirnl_by_hand(label_weight=0.7, alpha=0.3, margin=0.5)
+    batch = _hand_batch()
+    losses, _ = method.training_step(batch, 0, phase=phase)
+    assert set(losses) == {phase, "cmp"}
+    label, cmp = _expected_nirnl(method, batch, phase)
+    torch.testing.assert_close(losses[phase], 0.7 * label)
+    torch.testing.assert_close(losses["cmp"], 0.3 * cmp)
+    for got, want in zip(_grads(method, losses[phase]), _grads(method, 0.7 * label)):
+        torch.testing.assert_close(got, want)
+
+
+# mutant killed: hard weight not applied (the hard phase falls back to the plain cross-entropy)
+# mutant killed: w not detached (torch.no_grad removed: same value, other gradients)
+def test_nirnl_hard_phase_weights_the_cross_entropy_by_the_detached_either_probability() -> None:
+    """The hard loss differs from the pure one on the same batch (w < 1), unless hard_weight is off;
+    its gradient is that of the weighted CE with w held constant."""
+    method = _nirnl_by_hand(label_weight=0.7, alpha=0.3, margin=0.5)
+    batch = _hand_batch()
+    hard, _ = method.training_step(batch, 0, phase="hard")
+    pure, _ = method.training_step(batch, 0, phase="pure")
+    assert hard["hard"].item() < pure["pure"].item() - 1e-3
+    label, _ = _expected_nirnl(method, batch, "hard")
+    torch.testing.assert_close(hard["hard"], 0.7 * label)
+    for got, want in zip(_grads(method, hard["hard"]), _grads(method, 0.7 * label)):
+        torch.testing.assert_close(got, want)
+    unweighted = _nirnl_by_hand(label_weight=0.7, alpha=0.3, margin=0.5, hard_weight=False)
+    losses, _ = unweighted.training_step(batch, 0, phase="hard")
+    torch.testing.assert_close(losses["hard"], pure["pure"])
+
+
+# mutant killed: pseudo-label from argmax p_img only
+# mutant killed: pseudo-label from argmax p_txt only
+# mutant killed: L1 replaced by cross-entropy against the pseudo-label
+# mutant killed: the given image / text labels used instead of the pseudo-label
+# mutant killed: label_weight ignored; alpha ignored
+def test_nirnl_noisy_phase_is_l1_to_the_one_hot_argmax_of_w() -> None:
+    """noisy: pseudo = one_hot(argmax w), loss |pseudo - p_img|_1 + |pseudo - p_txt|_1 averaged over
+    the batch, times label_weight, plus alpha * CMP; the given labels are not used."""
+    method = _nirnl_by_hand(label_weight=0.7, alpha=0.3, margin=0.5)
+    batch = _hand_batch()
+    losses, _ = method.training_step(batch, 0, phase="noisy")
+    assert set(losses) == {"noisy", "cmp"}
+    label, cmp = _expected_nirnl(method, batch, "noisy")
+    torch.testing.assert_close(losses["noisy"], 0.7 * label)
+    torch.testing.assert_close(losses["cmp"], 0.3 * cmp)
+    for got, want in zip(_grads(method, losses["noisy"]), _grads(method, 0.7 * label)):
+        torch.testing.assert_close(got, want)

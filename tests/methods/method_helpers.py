@@ -33,9 +33,7 @@ class FakeEpochContext:
         self.device = torch.device("cpu")
         self.progress = False
         n_low = 3 * n_samples // 4
-        self.losses = torch.cat(
-            [torch.linspace(0.1, 0.2, n_low), torch.linspace(2.0, 2.2, n_samples - n_low)]
-        )
+        self.losses = torch.cat([torch.linspace(0.1, 0.2, n_low), torch.linspace(2.0, 2.2, n_samples - n_low)])
         self.calls: list[str] = []
 
     @property

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import sys
 
 import numpy as np
@@ -126,6 +127,137 @@ def test_refiner_gives_unit_prototypes_and_learns():
         GraphRefiner(DIM, heads=3)
 
 
+def _set_refiner(refiner: GraphRefiner, q, k, v, out, out_bias=None) -> GraphRefiner:
+    """Hand-set projection weights (biases zero unless ``out_bias``), layer norm weight 1 bias 0, eval mode."""
+    with torch.no_grad():
+        for lin, weight in ((refiner.q_proj, q), (refiner.k_proj, k), (refiner.v_proj, v), (refiner.out_proj, out)):
+            lin.weight.copy_(weight)
+            lin.bias.zero_()
+        if out_bias is not None:
+            refiner.out_proj.bias.copy_(out_bias)
+        refiner.norm.weight.fill_(1.0)
+        refiner.norm.bias.zero_()
+    return refiner.eval()
+
+
+def _layer_norm_by_hand(h: torch.Tensor) -> torch.Tensor:
+    centred = h - h.mean(-1, keepdim=True)
+    return centred / torch.sqrt((centred**2).mean(-1, keepdim=True) + 1e-5)
+
+
+_NEIGHBOURS = torch.tensor(
+    [
+        [[1.0, 0.0, 2.0, -1.0], [0.5, 1.5, -0.5, 0.0], [-1.0, 0.5, 0.0, 1.0]],
+        [[2.0, -1.0, 0.0, 0.5], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, -2.0, 0.0]],
+    ]
+)  # (B = 2, k = 3, D = 4)
+
+
+# mutant killed: residual dropped (nodes = norm(dropout(out_proj(mixed))))
+# mutant killed: layer norm dropped (nodes = neighbours + dropout(out_proj(mixed)))
+# mutant killed: final L2 normalisation dropped (return nodes.mean(dim=1))
+# mutant killed: mean over the nodes replaced by the first node (nodes[:, 0])
+# mutant killed: attention weights summed, not averaged (torch.exp instead of the softmax)
+# (nodes.sum instead of nodes.mean is an equivalent mutant: the L2 normalisation removes the factor k)
+def test_refiner_with_uniform_attention_matches_the_hand_computation():
+    """q = k = 0 make the attention uniform: every node gets out_proj(mean of the neighbours); then
+    residual, layer norm, mean over the nodes, L2 normalisation."""
+    d = 4
+    a = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1.0], [0, 0, -1.0, 0]])
+    bias = torch.tensor([0.1, -0.2, 0.3, 0.0])
+    zero = torch.zeros(d, d)
+    refiner = _set_refiner(GraphRefiner(d, heads=2, dropout=0.5), zero, zero, torch.eye(d), a, bias)
+    mixed = _NEIGHBOURS.mean(1, keepdim=True) @ a.T + bias  # (B, 1, D): the same for every node
+    nodes = _layer_norm_by_hand(_NEIGHBOURS + mixed)
+    proto = nodes.mean(1)
+    expected = proto / proto.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(refiner(_NEIGHBOURS), expected, rtol=1e-5, atol=1e-6)
+
+
+# mutant killed: softmax over the keys replaced by a softmax over the queries (dim=-2)
+# mutant killed: scores scaled by 1 / sqrt(D) instead of 1 / sqrt(D / heads)
+# mutant killed: heads split without the transpose (reshape(b, heads, k, D / heads))
+def test_refiner_attention_is_a_softmax_over_the_keys_of_each_head():
+    """q = identity and a non-symmetric k projection; per head h and node i the output mixes the
+    nodes' head-h values with softmax_j(q_i . k_j / sqrt(D / heads)); v = out = identity."""
+    d, heads = 4, 2
+    kmat = torch.tensor([[0.0, 2.0, 0, 0], [1.0, 0.0, 0, 0], [0, 0, 1.5, -1.0], [0, 0, 0.5, 0.0]])
+    refiner = _set_refiner(GraphRefiner(d, heads=heads, dropout=0.0), torch.eye(d), kmat, torch.eye(d), torch.eye(d))
+    x = 1.5 * _NEIGHBOURS
+    keys = x @ kmat.T
+    mixed = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for h in range(heads):
+            cols = slice(2 * h, 2 * h + 2)
+            for i in range(x.shape[1]):
+                logits = torch.stack([x[b, i, cols] @ keys[b, j, cols] for j in range(x.shape[1])]) / math.sqrt(2)
+                weights = torch.softmax(logits, dim=0)
+                mixed[b, i, cols] = sum(weights[j] * x[b, j, cols] for j in range(x.shape[1]))
+    proto = _layer_norm_by_hand(x + mixed).mean(1)
+    expected = proto / proto.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(refiner(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def _axis(*dims: int) -> torch.Tensor:
+    """(len(dims), DIM) rows: unit vector e_d for each d."""
+    return torch.eye(DIM)[list(dims)]
+
+
+class _CaptureRefiner(torch.nn.Module):
+    """Stands in for a refiner: records its neighbours and returns their normalised mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, neighbours):
+        self.seen.append(neighbours)
+        return mean_prototype(neighbours)
+
+
+# mutant killed: keys and values swapped (i2t looks up memory captions and returns memory images)
+# mutant killed: prototypes read the training network's own memory instead of its peer's
+# mutant killed: the peer's refiner (refiners[f"{peer}_{direction}"]) used instead of the network's own
+def test_prototypes_are_the_captions_stored_with_the_nearest_memory_images():
+    """B's memory: images e0..e4 stored with captions e8..e12. An image query closest to e0 then e1
+    gives (with k = 2) the prototype of captions e8, e9; a caption query closest to e12 then e11
+    gives images e4, e3. A's own memory holds other captions and must not be read."""
+    m = _in2r(k=2)
+    m.memory["B"].push(_axis(0, 1, 2, 3, 4), _axis(8, 9, 10, 11, 12))
+    m.memory["A"].push(_axis(0, 1, 2, 3, 4), _axis(13, 14, 15, 5, 6))
+    m.refiners["A_i2t"], m.refiners["A_t2i"] = _CaptureRefiner(), _CaptureRefiner()
+    image_query = torch.nn.functional.normalize(3 * _axis(0) + 2 * _axis(1) + _axis(2), dim=1)
+    caption_query = torch.nn.functional.normalize(_axis(11) + 2 * _axis(12), dim=1)
+    torch.testing.assert_close(m.prototypes("A", "i2t", image_query), (_axis(8) + _axis(9)) / math.sqrt(2))
+    torch.testing.assert_close(m.prototypes("A", "t2i", caption_query), (_axis(3) + _axis(4)) / math.sqrt(2))
+    torch.testing.assert_close(m.refiners["A_i2t"].seen[0], _axis(8, 9)[None])  # best neighbour first
+    torch.testing.assert_close(m.refiners["A_t2i"].seen[0], _axis(4, 3)[None])
+
+
+# mutant killed: rectification weighted by a hard-coded 0.5 instead of cfg.rectify_weight
+# mutant killed: cfg.rectify_weight applied to the i2t direction only (t2i keeps 0.5)
+def test_rectify_weight_scales_both_rectification_losses_and_nothing_else():
+    """Two identical methods, rectify_weight 1.0 and 0.25: the rect_* losses differ by the factor
+    0.25, the clean and intra losses not at all."""
+    rng = np.random.default_rng(0)
+    prob_a, prob_b = rng.random(40), rng.random(40)
+    g = torch.Generator().manual_seed(3)
+    memory = torch.randn(12, DIM, generator=g), torch.randn(12, DIM, generator=g)
+    losses = {}
+    for weight in (1.0, 0.25):
+        m = _in2r(warmup_epochs=0, rectify_weight=weight, refiner_dropout=0.0).train()
+        _set_splits(m, prob_a, prob_b)
+        m.memory["B"].push(*memory)
+        losses[weight], _ = m.training_step(_batch(8), epoch=1, phase="A", streams={"noisy": _batch(8, offset=20)})
+    full, quarter = losses[1.0], losses[0.25]
+    assert set(full) == {"clean", "intra", "rect_i2t", "rect_t2i"} and full["rect_i2t"] > 0 and full["rect_t2i"] > 0
+    for name in ("rect_i2t", "rect_t2i"):
+        torch.testing.assert_close(quarter[name], 0.25 * full[name])
+    for name in ("clean", "intra"):
+        torch.testing.assert_close(quarter[name], full[name])
+    assert IN2R.Config().rectify_weight == 0.5  # the authors' value
+
+
 def test_without_refiner_the_prototype_is_the_normalised_mean_of_the_peer_memory_neighbours():
     m = _in2r(refiner=False)
     assert len(m.refiners) == 0 and not any("refiner" in k for k in m.state_dict())
@@ -223,9 +355,7 @@ def test_evaluation_does_not_depend_on_test_batch_size_or_order(tiny_test_split)
     m.net_a = VSE(vocab_size=len(vocab), img_dim=8, embed_size=DIM, word_dim=8, dropout=0.3, text_mlp=True)
     m.net_b = VSE(vocab_size=len(vocab), img_dim=8, embed_size=DIM, word_dim=8, dropout=0.3, text_mlp=True)
     m.train()  # evaluation must switch to eval mode itself
-    results = [
-        evaluate_method(m.backbones, split, vocab, settings=EvalConfig(batch_size=bs)) for bs in (1, 7, 256)
-    ]
+    results = [evaluate_method(m.backbones, split, vocab, settings=EvalConfig(batch_size=bs)) for bs in (1, 7, 256)]
     assert results[0] == results[1] == results[2]
 
     perm = np.random.default_rng(0).permutation(split.n_images)

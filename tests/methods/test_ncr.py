@@ -211,7 +211,7 @@ def test_clean_target_mixes_the_peer_probability_with_the_own_prediction_per_pai
     pred = _per_pair_predictions(monkeypatch)
     margins = _spy_margins(monkeypatch)
     batch = _batch(8, offset=5)  # sample indices 5..12, not 0..7
-    (losses, logs), = list(ncr.training_step(batch, epoch=1, phase=phase))
+    ((losses, logs),) = list(ncr.training_step(batch, epoch=1, phase=phase))
     w = ncr._peer_prob[ncr.peer(phase)][5:13]
     target = w + (1 - w) * pred[phase][5:13]
     assert len(margins) == 1
@@ -268,7 +268,7 @@ def test_the_clean_loss_is_the_hardest_negative_hinge_with_each_pairs_own_soft_m
         ]
     )
     monkeypatch.setattr(NCR, "_scores", lambda self, net, batch: scores.clone().requires_grad_())
-    (losses, _), = list(ncr.training_step(_batch(4), epoch=1, phase="A"))
+    ((losses, _),) = list(ncr.training_step(_batch(4), epoch=1, phase="A"))
     y = [w + (1 - w) * p for w, p in zip([0.1, 0.9, 0.5, 0.3], [0.2, 0.0, 0.4, 0.1])]
     margins = [0.2 * (10**v - 1) / 9 for v in y]
     assert losses["clean"].item() == pytest.approx(_hinge_by_hand(scores, margins), abs=1e-6)

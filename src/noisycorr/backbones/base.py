@@ -22,6 +22,17 @@ class ModelConfig:
     backbone: str = "vse"  # a registered backbone: vse | sgraf | global | a plug-in
 
 
+@dataclass
+class TextBackboneConfig(ModelConfig):
+    """The options of the built-in backbones' caption side and embedding (a base for their ``Config``)."""
+
+    embed_size: int = 1024
+    word_dim: int = 300
+    word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
+    text_layers: int = 1
+    dropout: float = 0.0
+
+
 class Backbone(nn.Module):
     """Embeds images and captions and scores every image against every caption.
 

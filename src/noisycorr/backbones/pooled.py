@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from noisycorr.backbones.base import Backbone, ModelConfig
+from noisycorr.backbones.base import Backbone, TextBackboneConfig
 from noisycorr.backbones.gpo import GPO
 from noisycorr.backbones.ops import ResidualMLP, l2norm, length_mask, masked_mean
 from noisycorr.backbones.text import BiGRUTextEncoder
@@ -41,16 +41,11 @@ class GlobalMLP(Backbone):
     image_input = "pooled"
 
     @dataclass
-    class Config(ModelConfig):
+    class Config(TextBackboneConfig):
         """The ``model`` section of a global run: the class arguments but those the data fixes
         (vocab_size, img_dim); ``word_vectors`` names the file to load."""
 
         backbone: str = "global"
-        embed_size: int = 1024
-        word_dim: int = 300
-        word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
-        text_layers: int = 1
-        dropout: float = 0.0
         text_pool: str = "mean"
 
     def __init__(

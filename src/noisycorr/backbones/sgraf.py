@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisycorr.backbones.base import Backbone, ModelConfig
+from noisycorr.backbones.base import Backbone, TextBackboneConfig
 from noisycorr.backbones.ops import (
     l1norm,
     l2norm,
@@ -155,16 +155,11 @@ class SGRAF(Backbone):
     image_input = "regions"
 
     @dataclass
-    class Config(ModelConfig):
+    class Config(TextBackboneConfig):
         """The ``model`` section of an SGRAF run: the class arguments but those the data fixes
         (vocab_size, img_dim, num_regions); ``word_vectors`` names the file to load."""
 
         backbone: str = "sgraf"
-        embed_size: int = 1024
-        word_dim: int = 300
-        word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
-        text_layers: int = 1
-        dropout: float = 0.0
         head: str = "sgr"
         sim_dim: int = 256
         sgr_steps: int = 3

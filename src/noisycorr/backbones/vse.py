@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from noisycorr.backbones.base import Backbone, ModelConfig
+from noisycorr.backbones.base import Backbone, TextBackboneConfig
 from noisycorr.backbones.gpo import GPO
 from noisycorr.backbones.ops import ResidualMLP, l2norm, length_mask
 from noisycorr.backbones.text import BiGRUTextEncoder, check_lengths
@@ -42,16 +42,11 @@ class VSE(Backbone):
     image_input = "regions"
 
     @dataclass
-    class Config(ModelConfig):
+    class Config(TextBackboneConfig):
         """The ``model`` section of a VSE run: the class arguments but those the data fixes
         (vocab_size, img_dim); ``word_vectors`` names the file to load."""
 
         backbone: str = "vse"
-        embed_size: int = 1024
-        word_dim: int = 300
-        word_vectors: str | None = None  # GloVe text file, or .npy with a word list beside it
-        text_layers: int = 1
-        dropout: float = 0.0
         text_mlp: bool = False
 
     def __init__(

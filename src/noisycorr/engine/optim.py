@@ -134,8 +134,8 @@ class Stepper:
     def backward(self, loss: Tensor, **kwargs: Any) -> None:
         self.scaler.scale(loss).backward(**kwargs)
 
-    def step(self, name: str = "main") -> None:
-        for n in self._pick(name):
+    def _clip_and_step(self, names: list[str]) -> None:
+        for n in names:
             opt = self.optimizers.torch[n]
             if self.grad_clip > 0:
                 self.scaler.unscale_(opt)
@@ -143,16 +143,13 @@ class Stepper:
             self.scaler.step(opt)
         self.scaler.update()
 
+    def step(self, name: str = "main") -> None:
+        self._clip_and_step(self._pick(name))
+
     def update(self, loss: Tensor, names: tuple[str, ...] | None) -> None:
         """One automatic update: zero the named optimisers' grads, backward, clip, step."""
         picked = self.optimizers.names() if names is None else [n for name in names for n in self._pick(name)]
         for n in picked:
             self.optimizers.torch[n].zero_grad(set_to_none=True)
         self.backward(loss)
-        for n in picked:
-            opt = self.optimizers.torch[n]
-            if self.grad_clip > 0:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.optimizers.params[n], self.grad_clip)
-            self.scaler.step(opt)
-        self.scaler.update()
+        self._clip_and_step(picked)
