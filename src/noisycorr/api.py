@@ -6,6 +6,9 @@ two-component mixture, averaged over the networks. For co-teaching methods (NCR 
 these networks did not simply memorise the pairs: each one was trained on its peer's clean split, and
 on the rest only with a margin shrunk by the rectified target. A ``vanilla`` run fits every pair,
 noisy ones included, so its scores separate worse; prefer a robust method for auditing.
+
+The array functions (``find_mismatched_pairs``, ``rank_pairs``, ``pair_scores_from_losses``) live in
+:mod:`noisycorr.audit.scores` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from noisycorr.audit import find_mismatched_pairs, rank_pairs
+from noisycorr.audit.scores import find_mismatched_pairs, pair_scores_from_losses, rank_pairs
 from noisycorr.data.dataset import PairDataset
 from noisycorr.engine.context import pair_context
-from noisycorr.engine.runs import load_run
-from noisycorr.engine.setup import PreparedData, pick_device, prepare_data
 from noisycorr.engine.pairs import SCORES_FILE
 from noisycorr.engine.rundir import RunPaths, read_run_config
+from noisycorr.engine.runs import load_run
+from noisycorr.engine.setup import PreparedData, pick_device, prepare_data
 from noisycorr.errors import InputError
 
-__all__ = ["find_mismatched_pairs", "get_pair_quality_scores", "load_run_data", "rank_pairs"]
+__all__ = [
+    "find_mismatched_pairs",
+    "get_pair_quality_scores",
+    "load_run_data",
+    "pair_scores_from_losses",
+    "rank_pairs",
+]
 
 
 def load_run_data(run: str | Path, *, data: str | None = None) -> PreparedData:
