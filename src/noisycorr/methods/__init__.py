@@ -1,14 +1,32 @@
-"""Training methods register themselves on import."""
+"""Training methods (they register themselves on import) and the contract they follow.
 
-from noisycorr.methods.base import Method, Phase
+A new method's author starts with :mod:`noisycorr.methods.base` (the contract) and
+:mod:`noisycorr.methods.context` (what the engine offers a method).
+"""
+
+from noisycorr.methods.base import Method, OptimizerSpec, Phase, Update
+from noisycorr.methods.ce import CrossEntropy
+from noisycorr.methods.context import EpochContext, LabelEpochContext, StepControl
 from noisycorr.methods.in2r import IN2R
+from noisycorr.methods.labeled_base import LabelMethod
+from noisycorr.methods.mrl import MRL
 from noisycorr.methods.ncr import NCR
+from noisycorr.methods.nirnl import NIRNL
 from noisycorr.methods.vanilla import Vanilla
 
-__all__ = ["IN2R", "NCR", "Method", "Phase", "Vanilla"]
-from noisycorr.methods.ce import CrossEntropy  # noqa: E402  (labelled task)
-from noisycorr.methods.labeled_base import LabelMethod  # noqa: E402
-from noisycorr.methods.mrl import MRL  # noqa: E402
-from noisycorr.methods.nirnl import NIRNL  # noqa: E402
-
-__all__ += ["CrossEntropy", "LabelMethod", "MRL", "NIRNL"]
+__all__ = [
+    "IN2R",
+    "MRL",
+    "NCR",
+    "NIRNL",
+    "CrossEntropy",
+    "EpochContext",
+    "LabelEpochContext",
+    "LabelMethod",
+    "Method",
+    "OptimizerSpec",
+    "Phase",
+    "StepControl",
+    "Update",
+    "Vanilla",
+]
