@@ -275,11 +275,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> AnyConfig:
     return cfg
 
 
-def task_of(cfg: AnyConfig) -> str:
-    """``pairs`` or ``labels``."""
-    return LABELS if isinstance(cfg, LabeledConfig) else PAIRS
-
-
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Deep merge; a layer that names another method replaces the whole ``method`` section, since
     method keys belong to one method (``-c flickr-dev-vse --method ncr`` gets NCR's defaults)."""

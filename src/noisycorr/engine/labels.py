@@ -299,10 +299,6 @@ class LabelTrainSet:
         rows = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.images.device)
         return LabelBatch(rows, self.images[rows], self.texts[rows], self.labels[0, rows], self.labels[1, rows])
 
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-
 class PhaseItems:
     """Shuffled index batches of one phase as :class:`LabelBatch` es (the last, smaller batch kept)."""
 
@@ -310,7 +306,7 @@ class PhaseItems:
         self.train_set = train_set
         self.chunks = list(_batches(phase, len(train_set), batch_size, seed))
         n = len(train_set) if phase.indices is None else len(phase.indices)
-        self.samples, self.dropped = n, n - sum(len(c) for c in self.chunks)
+        self.samples = n
         if phase.streams:
             raise RuntimeError("the labelled task has no side streams (Phase.streams)")
 
@@ -416,7 +412,7 @@ def load_labeled_run(
     root = Path(run_dir)
     cfg = read_run_config(root)
     prep = prepare_labeled(cfg, noise_file=root / NOISE_FILE)
-    dims = (prep.train.images.shape[1], prep.train.texts.shape[1], prep.data.num_classes)
+    dims = LabelTask.dims(prep)
     method = build_labeled_method(cfg, *dims)
     if weights == "last":
         load_last_weights(method, RunPaths(root).state)

@@ -46,9 +46,9 @@ def peak_memory() -> dict[str, float]:
 class PhaseBatches:
     """Batches of a phase's main stream, each with one batch of every named stream alongside.
 
-    The main stream drops its last incomplete batch (every step sees a full batch of negatives);
-    ``dropped`` says how many samples that leaves out, and a main stream smaller than one batch
-    gives no step at all (the loop warns). A side stream is reshuffled and restarted when exhausted.
+    The main stream drops its last incomplete batch (every step sees a full batch of negatives), so
+    a main stream of ``samples`` < one batch gives no step at all (the loop warns).
+    A side stream is reshuffled and restarted when exhausted.
     """
 
     def __init__(self, dataset: PairDataset, phase: Phase, batch_size: int, seed: int, num_workers: int, stream: int):
@@ -59,7 +59,7 @@ class PhaseBatches:
             epoch=2 * stream, indices=phase.indices,
         )
         n_main = len(dataset) if phase.indices is None else len(phase.indices)
-        self.samples, self.dropped = n_main, n_main - len(self.main) * batch_size
+        self.samples = n_main
         # Streams of fewer than 2 samples give no in-batch negative: they are not drawn.
         self.streams = {name: idx for name, idx in phase.streams.items() if idx is not None and len(idx) >= 2}
 

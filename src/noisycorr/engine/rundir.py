@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import yaml
 from noisycorr.config import AnyConfig, config_from_dict, save_config
 from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.errors import InputError
+from noisycorr.factory import get_backbone_class
 
 __all__ = [
     "RunPaths",
@@ -115,10 +116,6 @@ def _drop_legacy_model_keys(raw: Any) -> Any:
     model = raw.get("model") if isinstance(raw, dict) and raw.get("task", "pairs") == "pairs" else None
     if not isinstance(model, dict):
         return raw
-    from dataclasses import fields
-
-    from noisycorr.factory import get_backbone_class
-
     try:
         known = {f.name for f in fields(get_backbone_class(str(model.get("backbone", "vse"))).Config)}
     except InputError:

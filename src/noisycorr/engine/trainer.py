@@ -26,7 +26,7 @@ from noisycorr.engine.diagnostics import diagnostics_row
 from noisycorr.engine.labels import LabelTask
 from noisycorr.engine.logger import MetricsLogger
 from noisycorr.engine.optim import Optimizers, Stepper
-from noisycorr.engine.pairs import PairTask, peak_memory, weights_metadata
+from noisycorr.engine.pairs import PairTask
 from noisycorr.engine.plots import have_matplotlib, plot_history
 from noisycorr.engine.rundir import RunPaths, check_same_settings, write_json
 from noisycorr.engine.seeding import epoch_seed, seed_everything
@@ -34,9 +34,7 @@ from noisycorr.engine.setup import pick_device
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method, Update
 
-__all__ = ["RunPaths", "check_same_settings", "peak_memory", "task_for", "train", "weights_metadata"]
-
-STATE_FILE = "checkpoint.pt"
+__all__ = ["task_for", "train"]
 
 
 def task_for(cfg: AnyConfig) -> PairTask | LabelTask:
