@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from noisycorr.errors import InputError
+
+SOFT_MARGINS: dict[str, Callable[[Tensor], Tensor]] = {
+    "exponential": lambda y: (torch.pow(10.0, y) - 1.0) / 9.0,
+    "linear": lambda y: y,
+    "sine": lambda y: torch.sin(math.pi * y - math.pi / 2) / 2 + 0.5,
+}
+
+
+def soft_margin(y: Tensor, margin: float, kind: str = "exponential") -> Tensor:
+    """(B,) per-pair margins ``margin * s(y)`` for targets y in [0, 1] (NCR's margin functions)."""
+    if kind not in SOFT_MARGINS:
+        raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(kind))
+    return margin * SOFT_MARGINS[kind](y.clamp(0.0, 1.0))
 
 
 def hinge_costs(scores: Tensor, margin: float | Tensor) -> tuple[Tensor, Tensor]:
@@ -93,3 +111,23 @@ def rce_infonce_loss(scores: Tensor, temperature: float = 0.05, *, eps: float = 
         rce = -(p * log_tgt_pos + (1.0 - p) * log_tgt_neg).mean()
         total = total + ce + rce
     return 0.5 * total
+
+
+def match_confidence(scores: Tensor, margin: float, top_fraction: float = 0.1, *, normalise: bool = True) -> Tensor:
+    """NCR's prediction p in [0, 1] that each pair of a batch is a true match.
+
+    ``p_i = clamp(m - (mean_j cost_cap[i, j] + mean_j cost_img[j, i]) / 2, 0, m)`` over the B - 1
+    negatives; with ``normalise``, divided by the mean of the top ``floor(B * top_fraction) + 1``
+    values and clamped to 1 (without, in [0, m]: BiCro ranks its anchor candidates by it).
+
+    Args:
+        scores: (B, B) similarities, positives on the diagonal.
+    """
+    cost_cap, cost_img = hinge_costs(scores.float(), margin)
+    n_neg = max(scores.shape[0] - 1, 1)
+    p = (margin - (cost_cap.sum(1) + cost_img.sum(0)) / (2 * n_neg)).clamp(0.0, margin)
+    if not normalise:
+        return p
+    k = int(scores.shape[0] * top_fraction) + 1
+    top = p.topk(min(k, p.numel())).values.mean()
+    return (p / top.clamp(min=1e-8)).clamp(max=1.0)

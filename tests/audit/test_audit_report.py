@@ -212,3 +212,36 @@ def test_every_file_goes_through_the_atomic_writer(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "atomic_write_bytes", spy)
     summary = write_audit(tmp_path, scores=SCORES, captions=CAPTIONS, caption_image=CAPTION_IMAGE)
     assert sorted(seen) == sorted(summary["files"]) == sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_thumbnails_best_captions_extra_columns_and_embedded_plot(tmp_path):
+    asked = []
+
+    def thumb(row):
+        asked.append(row)
+        return f"data:image/jpeg;base64,IMG{row}" if row != 1 else None
+
+    write_audit(
+        tmp_path, scores=SCORES, captions=CAPTIONS, caption_image=CAPTION_IMAGE, image_ids=IDS, top=4,
+        thumbnails=thumb, best_captions={0: 7, 1: 2, 2: 8, 3: 0}, embed_plot=True,
+        extra_columns={"row": [100 + k for k in range(len(SCORES))]},
+    )
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    # the top 4 pairs 1, 6, 4, 2 show images 0, 3, 2, 1: each thumbnail asked once, in that order
+    assert asked == [0, 3, 2, 1]
+    assert '<img class="thumb" src="data:image/jpeg;base64,IMG0"' in page and "IMG1" not in page
+    assert '<img src="data:image/png;base64,' in page and 'src="scores.png"' not in page
+    assert "best-matching caption" in page
+    assert "seven <span class=\"muted\">(pair 7)</span>" in page  # image 0's best caption is pair 7
+    assert page.count("(its own)") == 1  # pair 2 (image 1) is itself image 1's best caption
+    with open(tmp_path / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {int(r["pair"]): int(r["row"]) for r in rows} == {k: 100 + k for k in range(len(SCORES))}
+    assert "(pair 8)" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    asked.clear()
+    write_audit(tmp_path / "all", scores=SCORES, captions=CAPTIONS, caption_image=CAPTION_IMAGE, top=10,
+                thumbnails=thumb)
+    assert sorted(asked) == [0, 1, 2, 3, 4]  # 10 listed pairs, 5 images: each image's thumbnail made once
+    with pytest.raises(InputError, match="extra_columns"):
+        write_audit(tmp_path, scores=SCORES, captions=CAPTIONS, caption_image=CAPTION_IMAGE,
+                    extra_columns={"row": [1, 2]})

@@ -6,12 +6,13 @@ and the pairing, and writes every file through :func:`noisycorr.data.paths.atomi
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import json
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +106,14 @@ def _csv_bytes(
     caption_image: np.ndarray,
     image_ids: list[str] | None,
     mismatched: np.ndarray | None,
+    extra: dict[str, list[Any]],
 ) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["rank", "pair", "image", "image_id", "score", "flagged", "caption"]
     if mismatched is not None:
         header.append("truly_mismatched")
+    header += list(extra)
     writer.writerow(header)
     for rank, k in enumerate(order.tolist(), start=1):
         row = int(caption_image[k])
@@ -119,14 +122,16 @@ def _csv_bytes(
             k,
             row,
             image_ids[row] if image_ids is not None else row,
-            f"{scores[k]:.6f}",
+            f"{scores[k]:.6g}",  # significant digits: the surest mismatches score far below 1e-6
             int(flagged[k]),
             captions[k],
         ]
         if mismatched is not None:
             line.append(int(mismatched[k]))
+        line += [values[k] for values in extra.values()]
         writer.writerow(line)
-    return buf.getvalue().encode("utf-8")
+    # surrogateescape: text read from a source with bytes that were not UTF-8 goes back out unchanged.
+    return buf.getvalue().encode("utf-8", errors="surrogateescape")
 
 
 def _plot_bytes(scores: np.ndarray, mismatched: np.ndarray | None, threshold: float, title: str) -> bytes:
@@ -155,6 +160,11 @@ def _plot_bytes(scores: np.ndarray, mismatched: np.ndarray | None, threshold: fl
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
+
+
+def _fmt_score(x: float) -> str:
+    """Four decimals; tiny scores (the surest mismatches) in scientific notation rather than as 0.0000."""
+    return f"{x:.4f}" if x >= 1e-3 or x == 0.0 else f"{x:.1e}"
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -197,19 +207,28 @@ def _top_rows(
     caption_image: np.ndarray,
     image_ids: list[str] | None,
     mismatched: np.ndarray | None,
+    thumbnails: Callable[[int], str | None] | None = None,
+    best_captions: Mapping[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
+    thumbs: dict[int, str | None] = {}
     for k, other in zip(top_pairs.tolist(), others):
         row = int(caption_image[k])
+        if thumbnails is not None and row not in thumbs:
+            thumbs[row] = thumbnails(row)
+        best = None if best_captions is None else best_captions.get(row)
         rows.append(
             {
                 "rank": int(ranks[k]),
-                "score": f"{scores[k]:.4f}",
+                "score": _fmt_score(float(scores[k])),
                 "pair": k,
                 "image_id": image_ids[row] if image_ids is not None else str(row),
                 "caption": captions[k],
                 "others": [captions[j] for j in other],
                 "truth": None if mismatched is None else ("mismatch" if mismatched[k] else "match"),
+                "thumb": thumbs.get(row),
+                # the caption of the data the model matches best with this image, when it is another one
+                "best": None if best is None or int(best) == k else (int(best), captions[int(best)]),
             }
         )
     return rows
@@ -235,18 +254,22 @@ def _report_md(summary: dict[str, Any], top_rows: list[dict[str, Any]]) -> str:
     else:
         lines += [f"(No plot: {_md_text(summary['plot_skipped'])}.)", ""]
     truth = summary.get("ground_truth") is not None
+    best = summary.get("best_captions", False)
     lines += [
         f"## The {len(top_rows)} most suspicious pairs",
         "",
         "Other captions: up to two further captions paired with the same image, highest-scoring first, "
-        "to show what the image holds.",
+        "to show what the image holds." + (_BEST_NOTE if best else ""),
         "",
-        "| rank | score | pair | image | caption | other captions of the image |" + (" truth |" if truth else ""),
-        "|---|---|---|---|---|---|" + ("---|" if truth else ""),
+        "| rank | score | pair | image | caption | other captions of the image |"
+        + (" best-matching caption |" if best else "") + (" truth |" if truth else ""),
+        "|---|---|---|---|---|---|" + ("---|" if best else "") + ("---|" if truth else ""),
     ]
     for r in top_rows:
         others = "<br>".join(_md_text(c) for c in r["others"]) or "(none in the set)"
         cells = [str(r["rank"]), r["score"], str(r["pair"]), _md_text(r["image_id"]), _md_text(r["caption"]), others]
+        if best:
+            cells.append(f"{_md_text(r['best'][1])} (pair {r['best'][0]})" if r["best"] else "(its own)")
         if truth:
             cells.append(r["truth"])
         lines.append("| " + " | ".join(cells) + " |")
@@ -259,10 +282,22 @@ _CSS = (
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
     "vertical-align:top;text-align:left}th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}"
     "ul{margin:0;padding-left:1.2em}img{max-width:100%}.muted{color:#777}"
+    "img.thumb{display:block;width:160px;max-width:none;margin-bottom:.3em;border:1px solid #ccc}"
+    "td.img{width:164px;font-size:.8em;word-break:break-all}"
+)
+_BEST_NOTE = (
+    " Best-matching caption: the caption of the whole data set that the trained model matches best with "
+    "the pair's image, when it is not the pair's own."
 )
 
 
-def _report_html(summary: dict[str, Any], top_rows: list[dict[str, Any]]) -> str:
+def _plot_src(summary: dict[str, Any], png: bytes | None) -> str:
+    if png is not None:
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return summary["plot"]
+
+
+def _report_html(summary: dict[str, Any], top_rows: list[dict[str, Any]], plot_png: bytes | None = None) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -284,16 +319,18 @@ def _report_html(summary: dict[str, Any], top_rows: list[dict[str, Any]]) -> str
     parts += [f'<td class="num">{v:.4f}</td>' for v in summary["score_quantiles"].values()]
     parts.append("</tr></table>")
     if summary["plot"]:
-        parts.append(f'<p><img src="{e(summary["plot"])}" alt="histogram of the pair scores"></p>')
+        parts.append(f'<p><img src="{e(_plot_src(summary, plot_png))}" alt="histogram of the pair scores"></p>')
     else:
         parts.append(f'<p class="muted">No plot: {e(summary["plot_skipped"])}.</p>')
     truth = summary.get("ground_truth") is not None
+    best = summary.get("best_captions", False)
     parts += [
         f"<h2>The {len(top_rows)} most suspicious pairs</h2>",
         "<p>Other captions: up to two further captions paired with the same image, highest-scoring "
-        "first, to show what the image holds.</p>",
+        "first, to show what the image holds." + (e(_BEST_NOTE) if best else "") + "</p>",
         "<table><tr><th>rank</th><th>score</th><th>pair</th><th>image</th><th>caption</th>"
-        "<th>other captions of the image</th>" + ("<th>truth</th>" if truth else "") + "</tr>",
+        "<th>other captions of the image</th>" + ("<th>best-matching caption</th>" if best else "")
+        + ("<th>truth</th>" if truth else "") + "</tr>",
     ]
     for r in top_rows:
         others = (
@@ -301,9 +338,15 @@ def _report_html(summary: dict[str, Any], top_rows: list[dict[str, Any]]) -> str
             if r["others"]
             else '<span class="muted">(none in the set)</span>'
         )
+        thumb = f'<img class="thumb" src="{e(r["thumb"])}" alt="">' if r.get("thumb") else ""
+        image_cell = f'<td class="img">{thumb}{e(r["image_id"])}</td>' if thumb else f"<td>{e(r['image_id'])}</td>"
+        best_cell = ""
+        if best:
+            best_cell = (f'<td>{e(r["best"][1])} <span class="muted">(pair {r["best"][0]})</span></td>' if r["best"]
+                         else '<td><span class="muted">(its own)</span></td>')
         parts.append(
             f'<tr><td class="num">{r["rank"]}</td><td class="num">{r["score"]}</td><td class="num">{r["pair"]}</td>'
-            f"<td>{e(r['image_id'])}</td><td>{e(r['caption'])}</td><td>{others}</td>"
+            f"{image_cell}<td>{e(r['caption'])}</td><td>{others}</td>{best_cell}"
             + (f"<td>{r['truth']}</td>" if truth else "")
             + "</tr>"
         )
@@ -324,6 +367,10 @@ def write_audit(
     top: int = 50,
     title: str = "noisycorr pair audit",
     source: str = "",
+    extra_columns: Mapping[str, Sequence[Any]] | None = None,
+    thumbnails: Callable[[int], str | None] | None = None,
+    best_captions: Mapping[int, int] | None = None,
+    embed_plot: bool = False,
 ) -> dict:
     """Write a pair audit: ranked CSV, histogram, Markdown and HTML reports, JSON figures.
 
@@ -356,6 +403,13 @@ def write_audit(
         top: pairs listed in the reports (all pairs are in the CSV).
         title: report title.
         source: free text shown under the title (e.g. the run folder the scores came from).
+        extra_columns: more per-pair columns for ``pairs.csv`` (name -> N values), after the others.
+        thumbnails: image row -> an ``<img src>`` value (a ``data:`` URI keeps the page self-contained)
+            or None; called for the images of the listed pairs only, shown beside their captions.
+        best_captions: image row -> the caption index the model matches best with that image; the
+            reports show it beside a listed pair when it is not the pair's own caption.
+        embed_plot: put the histogram into ``report.html`` as a ``data:`` URI (``scores.png`` is
+            written too), so that the page is one self-contained file.
 
     Returns:
         The summary dict written to ``summary.json``.
@@ -373,6 +427,11 @@ def write_audit(
     threshold = check_unit(threshold, "threshold")
     if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 0:
         raise InputError("top", "a non-negative integer", repr(top))
+    extra: dict[str, list[Any]] = {}
+    for name, values in (extra_columns or {}).items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or len(values) != n:
+            raise InputError("extra_columns", f"{n} values (one per pair)", f"{name!r} of another length or type")
+        extra[str(name)] = list(values)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "a folder for the audit", "an existing file")
@@ -394,6 +453,8 @@ def write_audit(
         "plot_skipped": None,
         "top": min(int(top), n),
     }
+    if best_captions is not None:
+        summary["best_captions"] = True
     files: dict[str, bytes] = {}
     if have_matplotlib():
         files[_PLOT_FILE] = _plot_bytes(s, mismatched, threshold, title)
@@ -402,11 +463,12 @@ def write_audit(
         summary["plot_skipped"] = "matplotlib is not installed (pip install 'noisycorr[plot]')"
     top_pairs = order[: summary["top"]]
     others = _other_captions(pairing, s, top_pairs, _N_OTHER_CAPTIONS)
-    rows = _top_rows(top_pairs, others, ranks, s, caps, pairing, ids, mismatched)
+    rows = _top_rows(top_pairs, others, ranks, s, caps, pairing, ids, mismatched, thumbnails, best_captions)
     summary["files"] = ["pairs.csv", *files, "report.md", "report.html", "summary.json"]
-    files["pairs.csv"] = _csv_bytes(order, s, flagged, caps, pairing, ids, mismatched)
-    files["report.md"] = _report_md(summary, rows).encode("utf-8")
-    files["report.html"] = _report_html(summary, rows).encode("utf-8")
+    files["pairs.csv"] = _csv_bytes(order, s, flagged, caps, pairing, ids, mismatched, extra)
+    files["report.md"] = _report_md(summary, rows).encode("utf-8", errors="surrogateescape")
+    plot_png = files.get(_PLOT_FILE) if embed_plot else None
+    files["report.html"] = _report_html(summary, rows, plot_png).encode("utf-8", errors="surrogateescape")
     files["summary.json"] = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
     out_dir.mkdir(parents=True, exist_ok=True)

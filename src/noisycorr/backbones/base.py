@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from noisycorr.backbones.ops import length_mask, masked_mean
+
 
 @dataclass
 class ModelConfig:
@@ -90,6 +92,23 @@ class Backbone(nn.Module):
     def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
         """Score every image against every caption: (n_img, ...), (n_txt, ...) -> (n_img, n_txt)."""
         raise NotImplementedError
+
+    def global_embeddings(
+        self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One vector per image and per caption from ``encode_*`` outputs: (B, D) each.
+
+        (B, D) embeddings are returned as they are; (B, R, D) regions are averaged, (B, L, D) words
+        averaged over the first ``txt_lengths[b]`` positions (BiCro's global features).
+        """
+        img = img_emb.mean(1) if img_emb.dim() == 3 else img_emb
+        if txt_emb.dim() == 3:
+            n = txt_emb.shape[1]
+            lengths = txt_lengths if txt_lengths is not None else torch.full((txt_emb.shape[0],), n)
+            txt = masked_mean(txt_emb, length_mask(lengths.to(txt_emb.device), n))
+        else:
+            txt = txt_emb
+        return img, txt
 
 
 @torch.no_grad()

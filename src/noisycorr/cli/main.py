@@ -1,4 +1,4 @@
-"""The noisycorr command line: train, eval, audit, bench, noise, synth, demo, methods, presets."""
+"""The noisycorr command line: train, eval, featurize, audit, bench, noise, synth, demo, methods, presets."""
 
 from __future__ import annotations
 
@@ -70,10 +70,85 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_options(p: argparse.ArgumentParser) -> None:
+    """How to read a table or webdataset source and encode its images (featurize and audit SOURCE)."""
+    p.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet", "webdataset"],
+                   help="the source format (default: by the suffix; a folder is webdataset shards)")
+    p.add_argument("--image-col", help="table column of the image path (default: image, image_path, path, file, ...)")
+    p.add_argument("--caption-col", help="table column of the caption (default: caption, text, alt, ...)")
+    p.add_argument("--image-root", help="folder that relative image paths start from (default: the table's folder)")
+    p.add_argument("--encoder", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (default, offline), timm:MODEL or open_clip:ARCH")
+    p.add_argument("--encoder-weights", help="a weights file (or an open_clip pretrained tag; 'random': untrained)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="threads decoding images (0: none)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from noisycorr.featurize import featurize
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = featurize(
+        args.source, args.out, split=args.split, fmt=args.format, image_col=args.image_col,
+        caption_col=args.caption_col, image_root=args.image_root, encoder=args.encoder,
+        encoder_weights=args.encoder_weights, grid=False if args.no_grid else None, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, workers=args.workers, device=args.device, vocab_min_count=args.vocab_min_count,
+        overwrite=args.overwrite,
+    )
+    c = res.manifest["counts"]
+    reasons = ", ".join(f"{n} {k}" for k, n in res.manifest["skipped_by_reason"].items())
+    print(f"{c['pairs']} pairs of {c['images']} images from {c['records']} records written to {args.out}"
+          f" [{args.split}]; {c['skipped']} skipped{f' ({reasons})' if reasons else ''}"
+          f" -> {args.split}_skipped.csv; {res.seconds:.1f} s")
+    return 0
+
+
+def _is_source(arg: str | None) -> bool:
+    """An audit argument that names a table or shards rather than a run folder."""
+    if not arg:
+        return False
+    path = Path(arg)
+    if path.is_file():
+        return True
+    return path.is_dir() and not (path / "config.yaml").is_file() and any(path.glob("*.tar"))
+
+
+def cmd_audit_source(args: argparse.Namespace) -> int:
+    from noisycorr.audit.pipeline import audit_source
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.report or args.recompute or args.estimator or args.data:
+        raise InputError("noisycorr audit SOURCE", "no --report/--recompute/--estimator/--data (run-folder options)",
+                         "one of them")
+    overrides = list(args.overrides) + ([f"method.name={args.method}"] if args.method else [])
+    out = Path(args.out or Path("runs") / f"audit-{Path(args.run).stem}")
+    summary = audit_source(
+        args.run, out, preset=args.config, overrides=overrides, fmt=args.format, image_col=args.image_col,
+        caption_col=args.caption_col, image_root=args.image_root, encoder=args.encoder,
+        encoder_weights=args.encoder_weights, batch_size=args.batch_size, workers=args.workers,
+        val_size=args.val_size, threshold=args.threshold, top=args.top, clean_copy=args.clean_copy,
+        device=args.device,
+    )
+    sec = summary["seconds"]
+    print(f"{summary['n_pairs']} pairs scored, {summary['n_flagged']} flagged below {args.threshold:g}; "
+          f"report: {out / 'report.html'}, ranked pairs: {out / 'pairs.csv'} "
+          f"(featurize {sec['featurize']:.0f} s, train {sec['train']:.0f} s, report {sec['report']:.0f} s)")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from noisycorr.api import get_pair_quality_scores, load_run_data
     from noisycorr.audit import write_audit, write_clean_copy
 
+    if _is_source(args.run):
+        return cmd_audit_source(args)
     run = args.run
     if args.config:
         from noisycorr.engine.trainer import train
@@ -242,13 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("audit", help="rank the training pairs of a run by how likely they are mismatched")
-    p.add_argument("run", nargs="?", help="a run folder (or train one first with -c/--set)")
+    p = sub.add_parser("featurize", help="encode the images of a table or webdataset shards into precomp features")
+    p.add_argument("source", help="a CSV / TSV / JSON-lines / parquet table, a .tar shard or a folder of shards")
+    p.add_argument("--out", required=True, help="output folder (a killed run resumes in it)")
+    p.add_argument("--split", default="train", help="file prefix of the split (train, dev, test, ...)")
+    _source_options(p)
+    p.add_argument("--chunk-size", type=int, default=512, help="images per saved chunk (the resume granularity)")
+    p.add_argument("--no-grid", action="store_true", help="pooled features only (no {split}_ims.npy grid)")
+    p.add_argument("--vocab-min-count", type=int, default=4, help="words seen fewer times are <unk> in vocab.json")
+    p.add_argument("--overwrite", action="store_true", help="replace features of other inputs in --out")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("audit", help="rank pairs by how likely they are mismatched: of a run, or of a table / shards")
+    p.add_argument("run", nargs="?", help="a run folder (or train one first with -c/--set), or a table / webdataset "
+                   "source: then it is featurized, a robust model is trained (preset audit-global) and reported")
     _add_config_args(p)
+    _source_options(p)
+    p.add_argument("--val-size", type=int, default=1000, help="SOURCE: validation pairs (of distinct images)")
     p.add_argument("--report", help="output folder of the audit (default: RUN/audit)")
     p.add_argument("--threshold", type=float, default=0.5, help="flag pairs whose clean probability is below this")
     p.add_argument("--top", type=int, default=50, help="suspicious pairs listed in the report")
-    p.add_argument("--clean-copy", help="also write the dataset without the flagged pairs (precomp layout) here")
+    p.add_argument("--clean-copy", help="also write the data without the flagged pairs here: a run's precomp "
+                   "layout, or for SOURCE the table / shards again in their own format (skipped rows left out too)")
     p.add_argument("--recompute", action="store_true", help="score again instead of reading pair_scores.npy")
     p.add_argument("--estimator", choices=["gmm", "bmm"], default=None,
                    help="mixture over the per-sample losses (default: the run's method's own; implies --recompute)")

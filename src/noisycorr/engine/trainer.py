@@ -158,6 +158,7 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         row.update({key: total / counts[key] for key, total in sums.items()})
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
+        row.update(diagnostics_row(method.epoch_diagnostics(), truth))
         val = task.validate(cfg, method, data, device)
         row.update({f"val_{k}": v for k, v in val.items()})
         if val[metric] > best[metric]:

@@ -5,6 +5,7 @@ A new method's author starts with :mod:`noisycorr.methods.base` (the contract) a
 """
 
 from noisycorr.methods.base import Method, OptimizerSpec, Phase, Update
+from noisycorr.methods.bicro import BiCro, BiCroPP
 from noisycorr.methods.ce import CrossEntropy
 from noisycorr.methods.context import EpochContext, LabelEpochContext, StepControl
 from noisycorr.methods.in2r import IN2R
@@ -15,6 +16,8 @@ from noisycorr.methods.nirnl import NIRNL
 from noisycorr.methods.vanilla import Vanilla
 
 __all__ = [
+    "BiCro",
+    "BiCroPP",
     "IN2R",
     "MRL",
     "NCR",

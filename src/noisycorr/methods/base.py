@@ -33,7 +33,8 @@ What the engine asks besides (each has a default):
 - ``diagnostics()``: the method's current beliefs about each training sample, a dict of
   :class:`~noisycorr.selection.Selection` (clean probability, clean split, loss, named groups). The
   engine scores them against the ground truth *for the log only* (``det_*`` / ``diag_*`` columns).
-  Default: ``self.selections``.
+  Default: ``self.selections``. ``epoch_diagnostics()`` is scored the same way after the epoch's
+  training (default: nothing), for what the method decided while training (e.g. BiCro's anchors).
 - ``score_pairs(ctx)``: the audit's (N,) clean probability of every training pair, computed with
   the method's own settings (``margin``, ``estimator``, ``pass_batch_size``, ``monotone`` of its
   Config when it has them).
@@ -178,6 +179,11 @@ class Method(nn.Module):
     def diagnostics(self) -> dict[str, Selection]:
         """The current per-sample beliefs to score against the truth in the log (default: ``selections``)."""
         return dict(self.selections)
+
+    def epoch_diagnostics(self) -> dict[str, Selection]:
+        """What the method did during the epoch just trained, scored like ``diagnostics`` after the
+        epoch's phases (e.g. the pairs BiCro used as anchors). Default: nothing."""
+        return {}
 
     # ------------------------------------------------------------------ the training hooks
 

@@ -6,6 +6,12 @@ mode, fixed in-batch negatives) is turned into a clean probability by a two-comp
 split at a threshold (:mod:`noisycorr.selection`). Network X then trains on the split made by its
 peer (co-teaching): the peer's clean subset is the main stream of X's phase, its noisy subset the
 ``noisy`` stream. The selections are published in ``self.selections`` for the diagnostics.
+
+A method whose targets are BiCro's consistency labels (:mod:`noisycorr.methods.consistency`) sets
+``self.labeler``; the split pass then also refreshes its codebooks, :meth:`consistency_targets`
+computes the labels of a batch from the peer's view, and the anchors picked during an epoch are
+published by :meth:`epoch_diagnostics` (their share of truly clean pairs reaches the log as
+``diag_anchor_clean``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import torch
 from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
+from noisycorr.losses import match_confidence
 from noisycorr.methods.base import Method, Phase
+from noisycorr.methods.consistency import ConsistencyLabeler, pass_with_embeddings, peer_view
 from noisycorr.methods.context import EpochContext
 from noisycorr.selection import Selection, clean_probability, split_clean
 
@@ -36,6 +44,16 @@ class CoTeachingMethod(Method):
         self.net_b = build_backbone()
         # The clean probability of every training pair (CPU) under each network, indexed by sample index.
         self._peer_prob: dict[str, Tensor] = {}
+        # Extra per-pair values of the last split pass, by network (see ``pass_values``).
+        self.pass_extras: dict[str, Tensor] = {}
+        # Which training pairs were anchors during the current epoch (consistency targets only).
+        self._anchor_hits: np.ndarray | None = None
+
+    @property
+    def consistency_labeler(self) -> ConsistencyLabeler | None:
+        """The soft-label component when the method trains with consistency labels, else None."""
+        labeler = self._modules.get("labeler")
+        return labeler if isinstance(labeler, ConsistencyLabeler) else None
 
     def nets(self) -> dict[str, Backbone]:
         return {"A": self.net_a, "B": self.net_b}
@@ -62,12 +80,19 @@ class CoTeachingMethod(Method):
             ``clean_A`` / ``clean_B``: the fraction of pairs each network calls clean.
         """
         logs: dict[str, float] = {}
+        self.pass_extras = {}
         for name, net in self.nets().items():
-            losses = ctx.per_sample(
-                lambda b, n=net: self.per_sample_loss(n, b, self.cfg.margin),
+            values = ctx.per_sample(
+                lambda b, n=net: self.pass_values(n, b),
                 batch_size=self.cfg.pass_batch_size,
                 desc=f"per-sample pass {name}",
             )
+            losses = values[:, 0].contiguous() if values.dim() == 2 else values
+            if values.dim() == 2 and values.shape[1] > 1:
+                self.pass_extras[name] = values[:, 1:]
+            labeler = self.consistency_labeler
+            if labeler is not None and labeler.uses_codebook:
+                logs.update(labeler.refresh(name, self.pass_extras.pop(name), ctx.seed))
             prob = clean_probability(
                 losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed, monotone=self.cfg.monotone
             )
@@ -76,7 +101,42 @@ class CoTeachingMethod(Method):
             self.selections[name] = sel
             logs[f"clean_{name}"] = float(sel.clean.mean())
         self._peer_prob = {name: torch.from_numpy(sel.prob).float() for name, sel in self.selections.items()}
+        self._anchor_hits = np.zeros(ctx.n_samples, dtype=bool) if self.consistency_labeler is not None else None
         return logs
+
+    def pass_values(self, net: Backbone, batch: Any) -> Tensor:
+        """What the split pass computes per pair: (B,) losses, or (B, 1 + E) with the loss in column 0
+        and E extra values kept in ``self.pass_extras[name]`` as (N, E) (e.g. embeddings for codebooks)."""
+        labeler = self.consistency_labeler
+        if labeler is not None and labeler.uses_codebook:
+            return pass_with_embeddings(net, batch, self.cfg.margin)
+        return self.per_sample_loss(net, batch, self.cfg.margin)
+
+    def consistency_targets(self, phase: str, batch: Any, side: Any | None = None) -> tuple[Tensor, Tensor | None]:
+        """Soft labels for the batch (and side batch) that network ``phase`` trains on, from its peer.
+
+        The peer scores the batch in eval mode; its most confident pairs (NCR's unnormalised match
+        confidence) are the anchor candidates. Returns (B,) labels and (U,) side labels or None.
+        """
+        labeler = self.consistency_labeler
+        assert labeler is not None, "consistency_targets needs self.labeler"
+        peer = self.peer(phase)
+        scores, img, txt = peer_view(self.nets()[peer], batch)
+        confidence = match_confidence(scores, self.cfg.margin, normalise=False)
+        side_img = side_txt = None
+        if side is not None:
+            _, side_img, side_txt = peer_view(self.nets()[peer], side)
+        y, y_side, anchors = labeler.labels(peer, scores, confidence, img, txt, side_img, side_txt)
+        if self._anchor_hits is not None:
+            self._anchor_hits[batch.index.cpu().numpy()[anchors.cpu().numpy()]] = True
+        return y, y_side
+
+    def epoch_diagnostics(self) -> dict[str, Selection]:
+        """The pairs used as anchors during the epoch just trained (consistency targets only)."""
+        hits = self._anchor_hits
+        if hits is None or not hits.any():
+            return {}
+        return {"anchors": Selection(None, hits, groups={"anchor": hits})}
 
     def peer_phases(self, *, with_side: bool) -> list[Phase]:
         """Network X on its peer's clean split; the peer's noisy split alongside when ``with_side``."""

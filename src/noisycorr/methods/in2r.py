@@ -43,6 +43,10 @@ Documented differences from the authors' code:
   memory, so it ends like an uninterrupted one) but not of ``best.safetensors``: evaluation never
   reads it. At the paper's sizes (2 networks x 65,536 pairs x 2 x 1024 floats) it adds 1 GiB to
   ``checkpoint.pt``.
+
+Plug-in (ours): ``targets: consistency`` replaces the clean subset's fixed hinge margin by NCR's soft
+margin of BiCro++'s consistency labels (:mod:`noisycorr.methods.consistency`), computed by the peer;
+the noisy subset keeps IN2R's rectification.
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.ops import l2norm
 from noisycorr.data.dataset import PairBatch
 from noisycorr.errors import InputError
-from noisycorr.losses import rce_infonce_loss, triplet_loss
+from noisycorr.losses import SOFT_MARGINS, rce_infonce_loss, soft_margin, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.consistency import ConsistencyLabeler, ConsistencyOptions
 from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
 from noisycorr.methods.memory import KNN_BACKENDS, PairMemory, import_faiss, nearest_neighbours
@@ -123,10 +128,10 @@ class IN2R(CoTeachingMethod):
         "Intra-Modal Neighbors Never Lie: Rectifying Inter-Modal Noisy Correspondence via Graph-Based "
         "Intra-Modal Reasoning. ICML 2026. https://github.com/liuyyy111/IN2R"
     )
-    training_only_state = ("memory.",)
+    training_only_state = ("memory.", "labeler.")
 
     @dataclasses.dataclass
-    class Config:
+    class Config(ConsistencyOptions):
         margin: float = 0.2  # hardest-negative hinge on the clean subset (and the split statistic)
         intra_margin: float = 0.3  # hinge between two dropout views of the same images / captions
         temperature: float = 0.05  # of the contrastive (CE + reverse CE) losses
@@ -145,6 +150,8 @@ class IN2R(CoTeachingMethod):
         knn_backend: str = "torch"  # torch (matrix products) | faiss (optional extra)
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
         rectify_weight: float = 0.5  # weight of each direction's rectification loss (authors' value)
+        targets: str = "hinge"  # hinge (IN2R) | consistency: BiCro++'s soft labels set the clean hinge's margins
+        soft_margin: str = "exponential"  # with targets: consistency, NCR's margin function of the label
 
     knn_chunk = 16384  # memory rows per block of the torch neighbour search
 
@@ -157,7 +164,13 @@ class IN2R(CoTeachingMethod):
             raise InputError("method.estimator", f"one of {list(ESTIMATORS)}", repr(cfg.estimator))
         if cfg.k < 1 or cfg.queue_size < cfg.k:
             raise InputError("method.k", f"1 <= k <= queue_size ({cfg.queue_size})", repr(cfg.k))
+        if cfg.targets not in ("hinge", "consistency"):
+            raise InputError("method.targets", "one of ['hinge', 'consistency']", repr(cfg.targets))
+        if cfg.soft_margin not in SOFT_MARGINS:
+            raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
         super().__init__(cfg, build_backbone)
+        if cfg.targets == "consistency":
+            self.labeler = ConsistencyLabeler(cfg)
         dim = getattr(self.net_a, "embed_size", None)
         if not isinstance(dim, int):
             raise InputError(
@@ -244,8 +257,12 @@ class IN2R(CoTeachingMethod):
             }
             return losses, {}
 
+        margin: float | Tensor = self.cfg.margin
+        if self.cfg.targets == "consistency":
+            y, _ = self.consistency_targets(phase, batch)
+            margin = soft_margin(y, self.cfg.margin, self.cfg.soft_margin)
         losses = {
-            "clean": triplet_loss(img1 @ txt1.t(), self.cfg.margin, hardest=True),
+            "clean": triplet_loss(img1 @ txt1.t(), margin, hardest=True),
             "intra": triplet_loss(img1 @ img2.t(), self.cfg.intra_margin, hardest=True)
             + triplet_loss(txt1 @ txt2.t(), self.cfg.intra_margin, hardest=True),
         }

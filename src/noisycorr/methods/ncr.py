@@ -11,6 +11,11 @@ confidence; a noisy pair's target is the mean confidence of both networks. A tar
 margin of the hardest-negative hinge (soft margin ``m * s(y)``), so a doubtful pair is pushed
 less. Noisy pairs join the training from mid-training on. Evaluation averages both networks.
 
+With ``targets: consistency`` the rectified targets are replaced by BiCro's bidirectional
+consistency labels (:mod:`noisycorr.methods.consistency`; with the default options, BiCro++'s
+purified anchors and hybrid codebook level): the plug-in mode in which BiCro++ drives NCR's
+soft-margin loss. ``warmup_rate`` < 1 trains the warm-up on the lowest-loss share of each batch.
+
 Difference from the authors' code: there the clean target has shape (B, 1) and the prediction
 (B,), so the target broadcasts to a (B, B) matrix and the margin of cell (i, j) mixes pair i's
 probability with pair j's prediction. Here the target is per pair, as the paper describes: pair
@@ -20,7 +25,6 @@ i's margin is ``m * s(y_i)`` in both retrieval directions where pair i is the po
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
@@ -29,41 +33,27 @@ from torch import Tensor
 from noisycorr.backbones.base import Backbone
 from noisycorr.data.dataset import PairBatch
 from noisycorr.errors import InputError
-from noisycorr.losses import hinge_costs, triplet_loss
+from noisycorr.losses import SOFT_MARGINS, match_confidence, soft_margin, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.consistency import ConsistencyLabeler, ConsistencyOptions
 from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
 from noisycorr.registry import register_method
 
-SOFT_MARGINS: dict[str, Callable[[Tensor], Tensor]] = {
-    "exponential": lambda y: (torch.pow(10.0, y) - 1.0) / 9.0,
-    "linear": lambda y: y,
-    "sine": lambda y: torch.sin(math.pi * y - math.pi / 2) / 2 + 0.5,
-}
+TARGETS = ("rectified", "consistency")
 
 
-def soft_margin(y: Tensor, margin: float, kind: str = "exponential") -> Tensor:
-    """(B,) per-pair margins ``margin * s(y)`` for targets y in [0, 1] (NCR's margin functions)."""
-    if kind not in SOFT_MARGINS:
-        raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(kind))
-    return margin * SOFT_MARGINS[kind](y.clamp(0.0, 1.0))
-
-
-def match_confidence(scores: Tensor, margin: float, top_fraction: float = 0.1) -> Tensor:
-    """NCR's prediction p in [0, 1] that each pair of a batch is a true match.
-
-    ``p_i = clamp(m - (mean_j cost_cap[i, j] + mean_j cost_img[j, i]) / 2, 0, m)`` over the B - 1
-    negatives, divided by the mean of the top ``floor(B * top_fraction) + 1`` values, clamped to 1.
+def warmup_loss(scores: Tensor, margin: float, rate: float = 1.0) -> Tensor:
+    """Mean-negative hinge summed over the ``max(1, floor(B * rate))`` pairs of lowest loss (all when rate is 1).
 
     Args:
         scores: (B, B) similarities, positives on the diagonal.
     """
-    cost_cap, cost_img = hinge_costs(scores.float(), margin)
-    n_neg = max(scores.shape[0] - 1, 1)
-    p = (margin - (cost_cap.sum(1) + cost_img.sum(0)) / (2 * n_neg)).clamp(0.0, margin)
-    k = int(scores.shape[0] * top_fraction) + 1
-    top = p.topk(min(k, p.numel())).values.mean()
-    return (p / top.clamp(min=1e-8)).clamp(max=1.0)
+    per_pair = triplet_loss(scores, margin, hardest=False, reduction="none")
+    if rate >= 1.0:
+        return per_pair.sum()
+    k = max(1, int(scores.shape[0] * rate))
+    return per_pair.topk(k, largest=False).values.sum()
 
 
 @register_method("ncr")
@@ -75,9 +65,11 @@ class NCR(CoTeachingMethod):
     )
 
     @dataclasses.dataclass
-    class Config:
+    class Config(ConsistencyOptions):
         margin: float = 0.2
         warmup_epochs: int = 5  # mean-negative hinge on all pairs, each network alone
+        warmup_rate: float = 1.0  # share of each warm-up batch trained on, lowest mean hinge first (BiCro: 0.3)
+        targets: str = "rectified"  # rectified (NCR) | consistency (BiCro / BiCro++ labels; options below)
         estimator: str = "gmm"  # clean-probability estimator: gmm (NCR) or bmm (BiCro's Beta mixture)
         monotone: bool = True  # clean probability made non-increasing in the loss; False: NCR's raw posterior
         p_threshold: float = 0.5  # clean if the clean probability is above this
@@ -92,7 +84,13 @@ class NCR(CoTeachingMethod):
             raise InputError("method.confidence_top_fraction", "a value in [0, 1]", repr(cfg.confidence_top_fraction))
         if cfg.soft_margin not in SOFT_MARGINS:
             raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
+        if cfg.targets not in TARGETS:
+            raise InputError("method.targets", f"one of {list(TARGETS)}", repr(cfg.targets))
+        if not 0.0 < cfg.warmup_rate <= 1.0:
+            raise InputError("method.warmup_rate", "a value in (0, 1]", repr(cfg.warmup_rate))
         super().__init__(cfg, build_backbone)
+        if cfg.targets == "consistency":
+            self.labeler = ConsistencyLabeler(cfg)
         self.noisy_from_epoch = 0
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
@@ -131,8 +129,11 @@ class NCR(CoTeachingMethod):
         net = self.nets()[phase]
         side = (streams or {}).get("noisy")
         if self.in_warmup(epoch):
-            loss = triplet_loss(self._scores(net, batch), self.cfg.margin, hardest=False)
+            loss = warmup_loss(self._scores(net, batch), self.cfg.margin, self.cfg.warmup_rate)
             yield {f"warmup_{phase}": loss}, {}
+            return
+        if self.cfg.targets == "consistency":
+            yield from self._consistency_step(net, phase, batch, side if self._side_on(side, epoch) else None)
             return
         peer = self.nets()[self.peer(phase)]
         w = self._peer_prob[self.peer(phase)][batch.index.cpu()].to(batch.images.device)
@@ -140,8 +141,25 @@ class NCR(CoTeachingMethod):
         margin = soft_margin(target, self.cfg.margin, self.cfg.soft_margin)
         loss = triplet_loss(self._scores(net, batch), margin, hardest=True)
         yield {"clean": loss}, {"target_clean": float(target.mean())}
-        if side is not None and epoch >= self.noisy_from_epoch and len(side) > 1:
+        if self._side_on(side, epoch):
             target_u = (self.predict(net, side) + self.predict(peer, side)) / 2
             margin_u = soft_margin(target_u, self.cfg.margin, self.cfg.soft_margin)
             loss_u = triplet_loss(self._scores(net, side), margin_u, hardest=True)
             yield {"noisy": loss_u}, {"target_noisy": float(target_u.mean())}
+
+    def _side_on(self, side: PairBatch | None, epoch: int) -> bool:
+        return side is not None and epoch >= self.noisy_from_epoch and len(side) > 1
+
+    def _consistency_step(
+        self, net: Backbone, phase: str, batch: PairBatch, side: PairBatch | None
+    ) -> Iterator[StepOutput]:
+        """Both subsets' labels from the peer before either update, then the noisy and the clean step
+        (the authors' order)."""
+        y, y_side = self.consistency_targets(phase, batch, side)
+        if side is not None and y_side is not None:
+            margin_u = soft_margin(y_side, self.cfg.margin, self.cfg.soft_margin)
+            loss_u = triplet_loss(self._scores(net, side), margin_u, hardest=True)
+            yield {"noisy": loss_u}, {"target_noisy": float(y_side.mean())}
+        margin = soft_margin(y, self.cfg.margin, self.cfg.soft_margin)
+        loss = triplet_loss(self._scores(net, batch), margin, hardest=True)
+        yield {"clean": loss}, {"target_clean": float(y.mean()), "target_zero": float((y == 0).float().mean())}
