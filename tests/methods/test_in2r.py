@@ -280,7 +280,7 @@ def test_refiners_are_built_for_enabled_directions_only_and_are_trained_from_the
     assert all(id(p) in params for p in m.refiners.parameters())
     assert sorted(_in2r(t2i=False).refiners) == ["A_i2t", "B_i2t"]
     assert any(k.startswith("memory.") for k in m.state_dict())  # in the resumable checkpoint
-    assert m.training_only_state == ("memory.",)
+    assert m.training_only_state == ("memory.", "labeler.")  # the memory and any plug-in codebooks
 
 
 # ------------------------------------------------------------------ training steps
