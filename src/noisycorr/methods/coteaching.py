@@ -44,8 +44,6 @@ class CoTeachingMethod(Method):
         self.net_b = build_backbone()
         # The clean probability of every training pair (CPU) under each network, indexed by sample index.
         self._peer_prob: dict[str, Tensor] = {}
-        # Extra per-pair values of the last split pass, by network (see ``pass_values``).
-        self.pass_extras: dict[str, Tensor] = {}
         # Which training pairs were anchors during the current epoch (consistency targets only).
         self._anchor_hits: np.ndarray | None = None
 
@@ -80,7 +78,6 @@ class CoTeachingMethod(Method):
             ``clean_A`` / ``clean_B``: the fraction of pairs each network calls clean.
         """
         logs: dict[str, float] = {}
-        self.pass_extras = {}
         for name, net in self.nets().items():
             values = ctx.per_sample(
                 lambda b, n=net: self.pass_values(n, b),
@@ -88,11 +85,9 @@ class CoTeachingMethod(Method):
                 desc=f"per-sample pass {name}",
             )
             losses = values[:, 0].contiguous() if values.dim() == 2 else values
-            if values.dim() == 2 and values.shape[1] > 1:
-                self.pass_extras[name] = values[:, 1:]
             labeler = self.consistency_labeler
             if labeler is not None and labeler.uses_codebook:
-                logs.update(labeler.refresh(name, self.pass_extras.pop(name), ctx.seed))
+                logs.update(labeler.refresh(name, values[:, 1:], ctx.seed))
             prob = clean_probability(
                 losses.numpy(), estimator=self.cfg.estimator, seed=ctx.seed, monotone=self.cfg.monotone
             )
@@ -105,8 +100,8 @@ class CoTeachingMethod(Method):
         return logs
 
     def pass_values(self, net: Backbone, batch: Any) -> Tensor:
-        """What the split pass computes per pair: (B,) losses, or (B, 1 + E) with the loss in column 0
-        and E extra values kept in ``self.pass_extras[name]`` as (N, E) (e.g. embeddings for codebooks)."""
+        """What the split pass computes per pair: (B,) losses, or, when the labeller keeps codebooks,
+        (B, 1 + 2D): the loss, then the global image and caption embeddings its refresh reads."""
         labeler = self.consistency_labeler
         if labeler is not None and labeler.uses_codebook:
             return pass_with_embeddings(net, batch, self.cfg.margin)
