@@ -105,3 +105,53 @@ def test_resolved_config_of_another_backbone_is_flat_and_loads_back(tmp_path):
     assert all(not isinstance(v, (dict, list)) for v in saved.values())
     again = load_config(str(tmp_path / "c.yaml"))
     assert isinstance(again.model, GlobalMLP.Config) and again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("preset,override,key", [
+    ("demo", "train.epochs=0", "train.epochs"),
+    ("demo", "train.batch_size=-1", "train.batch_size"),
+    ("demo", "train.lr=-1e-4", "train.lr"),
+    ("demo", "train.lr_update=0", "train.lr_update"),
+    ("demo", "train.grad_clip=-1", "train.grad_clip"),
+    ("demo", "train.threads=0", "train.threads"),
+    ("demo", "noise.rate=-0.1", "noise.rate"),
+    ("demo", "noise.protocol=per_pair", "noise.protocol"),
+    ("demo", "data.region_drop=1.0", "data.region_drop"),
+    ("demo", "eval.img_chunk=0", "eval.img_chunk"),
+    ("wiki-mrl", "data.val_size=0", "data.val_size"),
+    ("wiki-nirnl", "model.hidden=0", "model.hidden"),
+])
+def test_values_out_of_range_are_refused_by_the_loader(preset, override, key):
+    with pytest.raises(InputError) as err:
+        load_config(preset, [override])
+    assert err.value.where == key and str(err.value).count("expected") == 1
+
+
+def test_values_at_the_edges_of_their_ranges_are_accepted():
+    cfg = load_config("demo", ["train.epochs=1", "train.batch_size=1", "noise.rate=1.0", "train.grad_clip=0",
+                               "train.threads=null", "data.region_drop=0.0"])
+    assert (cfg.train.epochs, cfg.noise.rate, cfg.train.threads) == (1, 1.0, None)
+
+
+def test_shipped_presets_find_the_shared_data_from_any_folder(tmp_path, monkeypatch):
+    shared = tmp_path / "shared-data"
+    shared.mkdir()
+    monkeypatch.setenv("NOISYCORR_SHARED_DATA", str(shared))
+    monkeypatch.chdir(tmp_path)
+    assert load_config("flickr-dev-vse").data.root == str(shared / "flickr-dev")
+    assert load_config("flickr-dev-ncr").data.root == str(shared / "flickr-dev")  # through `extends`
+    assert load_config("wiki-mrl").data.root == str(shared / "wikipedia" / "wikiData_with_labels.mat")
+    assert load_config("coco-vse").data.root == "data/coco_precomp"  # the user's own folder: as written
+    own = tmp_path / "mine.yaml"
+    own.write_text("data:\n  root: ../shared/data/flickr-dev\n")
+    assert load_config(str(own)).data.root == "../shared/data/flickr-dev"
+
+
+def test_a_missing_data_folder_says_how_to_point_data_root(tmp_path, monkeypatch):
+    from noisycorr.engine.setup import data_root
+
+    monkeypatch.setenv("NOISYCORR_SHARED_DATA", str(tmp_path / "absent"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("flickr-dev-vse")
+    with pytest.raises(InputError, match=r"--set data.root=FOLDER.*NOISYCORR_SHARED_DATA"):
+        data_root(cfg)

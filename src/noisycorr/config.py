@@ -8,6 +8,7 @@ backbone's (:func:`model_config`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -272,7 +273,82 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> AnyConfig:
     sections = {k: v for k, v in raw.items() if k != "task"}
     apply_sections(cfg, sections, source, default_method="vanilla" if task == PAIRS else "mrl",
                    expected="task or a section")
+    check_values(cfg, source)
     return cfg
+
+
+# (key, kind, lowest, lowest allowed?, highest, highest allowed?): the range of every numeric setting
+# whose bad values would otherwise surface only after files are written or epochs are trained.
+_AT_LEAST_ONE = ("int", 1, True, None, False)
+_POSITIVE = ("float", 0.0, False, None, False)
+_NON_NEGATIVE = ("float", 0.0, True, None, False)
+_NON_NEGATIVE_INT = ("int", 0, True, None, False)
+_UNIT = ("float", 0.0, True, 1.0, True)
+_UNIT_OPEN = ("float", 0.0, True, 1.0, False)
+_RANGES_COMMON: dict[str, tuple[str, float, bool, float | None, bool]] = {
+    "train.epochs": _AT_LEAST_ONE,
+    "train.batch_size": _AT_LEAST_ONE,
+    "train.lr": _POSITIVE,
+    "train.beta1": _UNIT_OPEN,
+    "train.beta2": _UNIT_OPEN,
+    "train.momentum": _NON_NEGATIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.lr_update": _AT_LEAST_ONE,
+    "train.lr_decay": _POSITIVE,
+    "train.grad_clip": _NON_NEGATIVE,
+    "train.num_workers": _NON_NEGATIVE_INT,
+    "train.threads": _AT_LEAST_ONE,
+    "noise.rate": _UNIT,
+}
+_RANGES_PAIRS = {
+    **_RANGES_COMMON,
+    "data.captions_per_image": _AT_LEAST_ONE,
+    "data.vocab_min_count": _AT_LEAST_ONE,
+    "data.region_drop": _UNIT_OPEN,
+    "data.token_aug": _UNIT_OPEN,
+    "data.val_max_images": _AT_LEAST_ONE,
+    "eval.batch_size": _AT_LEAST_ONE,
+    "eval.img_chunk": _AT_LEAST_ONE,
+    "eval.txt_chunk": _AT_LEAST_ONE,
+}
+_RANGES_LABELS = {
+    **_RANGES_COMMON,
+    "data.val_size": _POSITIVE,
+    "model.hidden": _AT_LEAST_ONE,
+    "model.hidden_layers": _NON_NEGATIVE_INT,
+    "model.embed_dim": _AT_LEAST_ONE,
+    "eval.k": _AT_LEAST_ONE,
+    "eval.batch_size": _AT_LEAST_ONE,
+    "eval.chunk": _AT_LEAST_ONE,
+}
+_NOISE_PROTOCOLS = ("per_caption", "per_image")
+
+
+def _range_text(kind: str, low: float, low_ok: bool, high: float | None, high_ok: bool) -> str:
+    noun = "an integer" if kind == "int" else "a number"
+    low_text = f"{low:g}"
+    if high is None:
+        return f"{noun} {'>=' if low_ok else '>'} {low_text}"
+    return f"{noun} in {'[' if low_ok else '('}{low_text}, {high:g}{']' if high_ok else ')'}"
+
+
+def check_values(cfg: AnyConfig, source: str = "config") -> None:
+    """Raise :class:`InputError` for a setting outside its range (``train.epochs`` of 0, a negative
+    ``train.lr``, a ``noise.rate`` above 1, ...), so that every entry point refuses it before anything
+    is written or trained. ``None`` (unset) is always accepted where the field allows it."""
+    ranges = _RANGES_LABELS if isinstance(cfg, LabeledConfig) else _RANGES_PAIRS
+    for key, (kind, low, low_ok, high, high_ok) in ranges.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        above = value >= low if low_ok else value > low
+        below = high is None or (value <= high if high_ok else value < high)
+        if not (above and below and math.isfinite(value)):
+            raise InputError(source, _range_text(kind, low, low_ok, high, high_ok), repr(value), where=key)
+    if isinstance(cfg, Config) and cfg.noise.protocol not in _NOISE_PROTOCOLS:
+        raise InputError(source, f"one of {', '.join(_NOISE_PROTOCOLS)}", repr(cfg.noise.protocol),
+                         where="noise.protocol")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -342,17 +418,38 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw or {}
 
 
+SHARED_PREFIX = "../shared/data/"
+
+
+def _shipped_layer(layer: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A shipped preset names the project's shared data as ``../shared/data/...``, which holds only
+    from the project root: such a ``data.root`` / ``data.vocab`` is resolved here against the shared
+    data folder (``$NOISYCORR_SHARED_DATA`` or ``<repo>/../shared/data``), so the preset works from
+    any folder. A user's own YAML file is left as written (relative to the current folder)."""
+    from noisycorr.data.paths import shared_data_dir
+
+    data = layer.get("data")
+    if path.resolve().parent != preset_dir().resolve() or not isinstance(data, dict):
+        return layer
+    shared = shared_data_dir()
+    if shared is None:
+        return layer  # data_root's error then says how to point data.root
+    data = {k: (str(shared / v[len(SHARED_PREFIX):]) if k in ("root", "vocab") and isinstance(v, str)
+                and v.startswith(SHARED_PREFIX) else v) for k, v in data.items()}
+    return {**layer, "data": data}
+
+
 def read_preset_layers(preset: str) -> tuple[dict[str, Any], str]:
     """A preset (name or path) with its ``extends`` chain merged; returns (raw dict, source)."""
     path = resolve_preset(preset)
-    chain = [read_yaml(path)]
+    chain = [_shipped_layer(read_yaml(path), path)]
     seen = {path.resolve()}
     while "extends" in chain[-1]:
         parent = resolve_preset(str(chain[-1].pop("extends")))
         if parent.resolve() in seen:
             raise InputError(path, "no cycle of `extends`", str(parent))
         seen.add(parent.resolve())
-        chain.append(read_yaml(parent))
+        chain.append(_shipped_layer(read_yaml(parent), parent))
     raw: dict[str, Any] = {}
     for layer in reversed(chain):
         raw = _merge(raw, layer)

@@ -276,7 +276,9 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
                 es.append(0.0 if math.isnan(s.sd) else s.sd)
         if xs:
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=f"C{methods.index(method)}")
-    ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise")
+    # x in percent, as the label says, with a tick at every rate of the grid
+    ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise",
+           xticks=[rate * 100 for rate in rates])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

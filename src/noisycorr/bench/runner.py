@@ -91,6 +91,25 @@ class Attempt:
     returncode: int
     wall_seconds: float
     peak_rss_mib: float
+    cause: str | None = None  # a failed attempt: the last error line of its train.log
+
+
+BAD_INPUT_EXIT = 2  # `noisycorr train` refused its input: running it again cannot help
+
+
+def failure_cause(log: Path) -> str | None:
+    """The last error line of a failed cell's ``train.log``: its one-line ``noisycorr: error:``, else the
+    last line of a traceback (``SomeError: ...``), else its last line; None when the log is empty."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    for pick in (lambda ln: ln.startswith("noisycorr: "),
+                 lambda ln: ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt"))):
+        found = [ln for ln in lines if pick(ln)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else None
 
 
 def run_process(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
@@ -162,12 +181,15 @@ def run_bench(
                 echo(f"  start {cell.key}{' (resuming)' if resume else ''}")
             t0 = time.perf_counter()
             code, rss = runner(cmd, cell.dir / "train.log", env)
-            attempt = Attempt(cell.key, cmd, resume, code, round(time.perf_counter() - t0, 1), round(rss, 1))
+            cause = None if code == 0 else failure_cause(cell.dir / "train.log")
+            attempt = Attempt(cell.key, cmd, resume, code, round(time.perf_counter() - t0, 1), round(rss, 1), cause)
             _record(cell, attempt)
         with lock:
             done[0] += 1
-            what = "done" if code == 0 else f"FAILED (exit {code}, see {cell.dir / 'train.log'})"
+            what = "done" if code == 0 else f"FAILED (exit {code})"
             echo(f"  [{done[0]}/{len(todo)}] {cell.key}: {what} in {attempt.wall_seconds / 60:.1f} min")
+            if code != 0:
+                echo(f"      cause: {cause or 'no output'} (log: {cell.dir / 'train.log'})")
         return attempt
 
     if jobs <= 1:

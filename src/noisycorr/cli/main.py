@@ -9,7 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from noisycorr.data.paths import check_writable_dir
 from noisycorr.errors import InputError
+
+RUN_FOLDER = "the run folder (run.out_dir)"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_labeled_config(args.config):  # `task: labels`: the noisy-label setting
         return train_labeled_cli(args.config, args.overrides, method=args.method, out=args.out, resume=args.resume)
     cfg = _config(args)
+    check_writable_dir(cfg.run.out_dir, what=RUN_FOLDER)
     results = train(cfg, resume=args.resume)
     best = results["best"]
     _print_metrics(f"best validation (epoch {best['epoch'] + 1})", best["val"])
@@ -56,8 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from noisycorr.cli.labeled import eval_labeled_cli, is_labeled_run
+    from noisycorr.engine.rundir import check_same_data
     from noisycorr.engine.runs import evaluate_run
 
+    check_same_data(args.run)
     if is_labeled_run(args.run[0]):
         return eval_labeled_cli(args.run, split=args.split, weights=args.weights)
     metrics = evaluate_run(
@@ -129,6 +135,9 @@ def cmd_audit_source(args: argparse.Namespace) -> int:
                          "one of them")
     overrides = list(args.overrides) + ([f"method.name={args.method}"] if args.method else [])
     out = Path(args.out or Path("runs") / f"audit-{Path(args.run).stem}")
+    check_writable_dir(out, what="the audit folder (--out)")
+    if args.clean_copy:
+        check_writable_dir(args.clean_copy, what="a place for the cleaned copy (--clean-copy)")
     summary = audit_source(
         args.run, out, preset=args.config, overrides=overrides, fmt=args.format, image_col=args.image_col,
         caption_col=args.caption_col, image_root=args.image_root, encoder=args.encoder,
@@ -143,13 +152,26 @@ def cmd_audit_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_audit_options(args: argparse.Namespace) -> None:
+    """``--threshold`` in [0, 1] and ``--top`` >= 0, checked before anything is featurized, trained or scored."""
+    from noisycorr.audit.scores import check_unit
+
+    check_unit(args.threshold, "--threshold")
+    if args.top < 0:
+        raise InputError("--top", "a non-negative integer", repr(args.top))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from noisycorr.api import get_pair_quality_scores, load_run_data
     from noisycorr.audit import write_audit, write_clean_copy
 
+    _check_audit_options(args)
     if _is_source(args.run):
         return cmd_audit_source(args)
     run = args.run
+    clean_copy = Path(args.clean_copy) if args.clean_copy else None
+    if clean_copy is not None:
+        check_writable_dir(clean_copy, what="a folder for the cleaned copy (--clean-copy)")
     if args.config:
         from noisycorr.engine.trainer import train
 
@@ -157,17 +179,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if run and Path(run) != Path(cfg.run.out_dir):
             raise InputError("noisycorr audit", "either RUN or -c/--set (training into run.out_dir)", "both")
         run = cfg.run.out_dir
+        check_writable_dir(args.report or run, what="the audit folder (--report)")
         print(f"== training {cfg.method['name']} into {run} (resumes a finished or interrupted run)")
         train(cfg, resume=True)
     if not run:
         raise InputError("noisycorr audit", "a run folder, or -c PRESET to train one first", "neither")
-    clean_copy = Path(args.clean_copy) if args.clean_copy else None
+    out = Path(args.report or Path(run) / "audit")
+    check_writable_dir(out, what="the audit folder (--report; default RUN/audit)")
     if clean_copy is not None and clean_copy.exists() and any(clean_copy.iterdir()):
         raise InputError(clean_copy, "a new or empty folder for the cleaned copy", "a folder with files")
     data = load_run_data(run, data=args.data)
     scores = get_pair_quality_scores(run, data=args.data, recompute=args.recompute, estimator=args.estimator,
                                      device=args.device, progress=True)
-    out = Path(args.report or Path(run) / "audit")
     summary = write_audit(
         out,
         scores=scores,
@@ -198,15 +221,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_noise(args: argparse.Namespace) -> int:
     from noisycorr.data import noise as nz
 
+    for option, value in (("--n-images", args.n_images), ("--captions-per-image", args.captions_per_image)):
+        if value < 1:
+            raise InputError(option, "an integer >= 1", repr(value))
+    if args.rate is not None and not 0.0 <= args.rate <= 1.0:
+        raise InputError("--rate", "a number in [0, 1]", repr(args.rate))
     if args.action == "make":
+        out = Path(args.output)
+        if out.is_dir():
+            raise InputError(out, "a file name for the noise index (--output)", "a folder")
+        if out.exists() and not args.force:
+            raise InputError(out, "a new file (or --force)", "an existing file")
+        check_writable_dir(out.parent, what="a folder for the noise index (--output)")
         n_cap = args.n_images * args.captions_per_image
         if args.protocol == "per_caption":
             index = nz.make_per_caption_noise(n_cap, args.captions_per_image, args.rate, seed=args.seed)
         else:
             index = nz.make_per_image_noise(args.n_images, args.rate, seed=args.seed)
-        out = Path(args.output)
-        if out.exists() and not args.force:
-            raise InputError(out, "a new file (or --force)", "an existing file")
         nz.save_noise(out, index)
         path, arr = out, index
     else:
@@ -223,9 +254,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from noisycorr.data.synthetic import write_synthetic
 
+    if args.n_train < 1:
+        raise InputError("--n-train", "an integer >= 1", repr(args.n_train))
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "an empty or new folder", "an existing file")
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "an empty or new folder", "a folder with files")
+    check_writable_dir(out, what="an empty or new folder")
     write_synthetic(out, seed=args.seed, n_train=args.n_train)
     print(f"synthetic precomp data written to {out}")
     return 0
@@ -233,15 +269,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from noisycorr.config import load_config
+    from noisycorr.engine.rundir import RunPaths, check_same_settings
     from noisycorr.engine.trainer import train
 
-    rows = []
-    for rate in (0.0, args.rate):
+    if args.epochs is not None and args.epochs < 1:  # 0 must not mean "the preset's 12"
+        raise InputError("--epochs", "an integer >= 1", repr(args.epochs))
+    if not 0.0 <= args.rate <= 1.0:
+        raise InputError("--rate", "a number in [0, 1]", repr(args.rate))
+    check_writable_dir(args.out, what="the demo folder (--out)")
+    configs = []
+    for rate in (0.0, args.rate):  # both runs are checked before the first trains
         out = Path(args.out) / f"noise-{rate:g}"
         overrides = [f"run.out_dir={out}", f"noise.rate={rate}", *args.overrides]
-        if args.epochs:
+        if args.epochs is not None:
             overrides.append(f"train.epochs={args.epochs}")
         cfg = load_config("demo", overrides)
+        paths = RunPaths(out)
+        if paths.config.is_file():
+            afresh = f"to resume it (to start afresh: remove {args.out} or pass --out NEW_FOLDER)"
+            check_same_settings(paths.config, cfg, purpose=afresh)
+        configs.append((rate, out, cfg))
+    rows = []
+    for rate, out, cfg in configs:
         print(f"== vanilla on synthetic data, {rate:.0%} per-caption noise -> {out}")
         results = train(cfg, resume=True)
         rows.append((rate, results["test"]))
@@ -254,7 +303,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from noisycorr.bench import load_spec, run_bench, write_report
     from noisycorr.bench.report import summary_text
-    from noisycorr.bench.runner import cell_filter, cell_status, train_command
+    from noisycorr.bench.runner import BAD_INPUT_EXIT, cell_filter, cell_status, train_command
+    from noisycorr.bench.spec import cell_config
+    from noisycorr.engine.setup import data_root
 
     spec = load_spec(args.spec, out=args.out, extra=args.overrides)
     only = cell_filter(args.only) if args.only else None
@@ -267,16 +318,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if args.verbose:
                 print("             " + " ".join(cmd[1:]))
         return 0
-    failed = 0
+    failed = []
     if not args.report_only:
+        check_writable_dir(spec.out, what="the bench folder (out: or --out)")
+        for cell in spec.cells():  # a missing data folder fails here, not in every cell's train.log
+            if only is None or only(cell):
+                data_root(cell_config(cell))
         attempts = run_bench(spec, jobs=args.jobs, threads=args.threads, only=only)
-        failed = sum(a.returncode != 0 for a in attempts)
-    report = write_report(spec, plots=not args.no_plots)
-    print(f"\n{summary_text(spec)}\n\nreport: {report}")
-    if failed:
-        print(f"noisycorr: {failed} cell(s) failed; run the same command again to retry them", file=sys.stderr)
-        return 1
-    return 0
+        failed = [a for a in attempts if a.returncode != 0]
+    if any(cell_status(c) == "done" for c in spec.cells()):
+        report = write_report(spec, plots=not args.no_plots)
+        print(f"\n{summary_text(spec)}\n\nreport: {report}")
+    else:
+        print("\nno cell has finished: no report written")
+    if not failed:
+        return 0
+    if all(a.returncode == BAD_INPUT_EXIT for a in failed):  # the same input fails the same way again
+        cause = failed[0].cause or f"cell {failed[0].cell} refused its input"
+        detail = cause.removeprefix("noisycorr: error: ")
+        print(f"noisycorr: error: {detail}" + (f" (and {len(failed) - 1} more cell(s))" if len(failed) > 1 else ""),
+              file=sys.stderr)
+        return 2
+    print(f"noisycorr: {len(failed)} cell(s) failed (first: {failed[0].cell}: {failed[0].cause or 'no output'}); "
+          "once the cause is fixed, the same command resumes them", file=sys.stderr)
+    return 1
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

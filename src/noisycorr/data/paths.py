@@ -6,6 +6,8 @@ import os
 import uuid
 from pathlib import Path
 
+from noisycorr.errors import InputError
+
 ENV_VAR = "NOISYCORR_SHARED_DATA"
 
 
@@ -23,10 +25,42 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def check_writable_dir(path: str | Path, *, what: str = "an output folder") -> None:
+    """Raise :class:`InputError` unless ``path`` is a folder this user can write, or can be created.
+
+    Checked before anything is written: the nearest existing folder on the way up must be a folder
+    (not a file) that this user may write into (``os.access``).
+
+    Args:
+        path: the folder a command is about to create or fill.
+        what: how the error names it ("the run folder (run.out_dir)", ...).
+    """
+    path = Path(path).expanduser()
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        found = "an existing file" if probe == path else f"{probe} is a file, not a folder"
+        raise InputError(path, what, found)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        found = "a folder" if probe == path else f"{probe}, a folder"
+        raise InputError(path, f"{what} this user can write", f"{found} without write permission")
+
+
+def check_readable(path: str | Path, *, what: str) -> None:
+    """Raise :class:`InputError` when ``path`` exists but this user may not read it (``os.access``)."""
+    path = Path(path)
+    need = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if path.exists() and not os.access(path, need):
+        raise InputError(path, f"{what} this user can read", "no read permission")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
 
-    Readers never see a half-written file; the temp file is removed if anything fails.
+    Readers never see a half-written file; the temp file is removed if anything fails. The file
+    gets the mode every other new file gets (0666 less the umask, 0644 usually), so a colleague can
+    read a shared run; the temp file is never made with ``mkstemp``, whose files are 0600.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from noisycorr.config import Config
+from noisycorr.data.paths import check_readable
 from noisycorr.data.precomp import load_precomp
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.engine.checkpoint import check_weights_choice, load_last_weights, load_weights
@@ -28,6 +29,9 @@ def load_run(
     check_weights_choice(weights)
     paths = RunPaths(Path(run_dir))
     cfg = read_run_config(run_dir)
+    for path, what in ((paths.root / "vocab.json", "the vocabulary of a run"),
+                       (paths.best, "the best weights of a run"), (paths.state, "the training checkpoint of a run")):
+        check_readable(path, what=what)
     vocab = Vocabulary.from_json(paths.root / "vocab.json")
     method = build_method(cfg, vocab, _image_shape(paths))
     if weights == "last":
@@ -67,12 +71,15 @@ def evaluate_run(
     cfg = loaded[0][0]
     if data is not None:
         cfg.data.root = data
-    precomp = load_precomp(
-        data_root(cfg),
-        split or cfg.data.test_split,
-        features=cfg.data.features,
-        captions_per_image=cfg.data.captions_per_image,
-    )
+    root, split = data_root(cfg), split or cfg.data.test_split
+    precomp = load_precomp(root, split, features=cfg.data.features, captions_per_image=cfg.data.captions_per_image)
+    trained = _image_shape(RunPaths(Path(dirs[0])))
+    if tuple(precomp.images.shape[1:]) != trained:
+        raise InputError(
+            root / f"{split}_{cfg.data.features}.npy",
+            f"image features of shape (N, {', '.join(map(str, trained))}) as {dirs[0]} was trained on",
+            f"shape {tuple(precomp.images.shape)}",
+        )
     combine = None
     if len(loaded) == 1:  # one run: its method says how its networks are combined
         _, method, vocab = loaded[0]

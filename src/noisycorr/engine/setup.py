@@ -75,7 +75,8 @@ def data_root(cfg: Config) -> Path:
         return synthetic_root()
     root = Path(cfg.data.root).expanduser()
     if not root.is_dir():
-        raise InputError(root, "a precomp data folder (data.root)", "no such directory")
+        raise InputError(root, "a precomp data folder (data.root: point it with --set data.root=FOLDER, "
+                         "or set $NOISYCORR_SHARED_DATA for the shipped presets)", "no such directory")
     return root
 
 
