@@ -88,7 +88,7 @@ def test_train_batch_size_zero_before_config_vocab_and_noise_files(capsys, tiny_
                   "train.batch_size: expected an integer >= 1", absent=[tmp_path / "o"])
 
 
-@pytest.mark.parametrize("lr", ["-0.001", "0", ".nan"])
+@pytest.mark.parametrize("lr", ["-0.001", "0", ".nan", ".inf"])
 def test_train_learning_rate_not_positive(capsys, tiny_root, tmp_path, lr):
     _expect_error(capsys, _train_argv(tiny_root, tmp_path / "o", f"train.lr={lr}"),
                   "train.lr: expected a number > 0", absent=[tmp_path / "o"])
