@@ -431,12 +431,21 @@ def _shipped_layer(layer: dict[str, Any], path: Path) -> dict[str, Any]:
     data = layer.get("data")
     if path.resolve().parent != preset_dir().resolve() or not isinstance(data, dict):
         return layer
-    shared = shared_data_dir()
-    if shared is None:
+    if shared_data_dir() is None:
         return layer  # data_root's error then says how to point data.root
-    data = {k: (str(shared / v[len(SHARED_PREFIX):]) if k in ("root", "vocab") and isinstance(v, str)
-                and v.startswith(SHARED_PREFIX) else v) for k, v in data.items()}
+    data = {k: (resolve_shared(v) if k in ("root", "vocab") else v) for k, v in data.items()}
     return {**layer, "data": data}
+
+
+def resolve_shared(value: Any) -> Any:
+    """``../shared/data/X`` (as shipped presets and bench specs write it) -> the shared data folder's X;
+    anything else, or when no shared data folder is found, unchanged."""
+    from noisycorr.data.paths import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is None or not isinstance(value, str) or not value.startswith(SHARED_PREFIX):
+        return value
+    return str(shared / value[len(SHARED_PREFIX):])
 
 
 def read_preset_layers(preset: str) -> tuple[dict[str, Any], str]:

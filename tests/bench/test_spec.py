@@ -76,3 +76,11 @@ def test_an_unknown_config_key_fails_before_anything_runs(tmp_path, tiny_root):
 def test_shipped_specs_parse_and_resolve(name):
     spec = load_spec(name)
     assert spec.cells() and spec.description
+
+
+def test_shipped_specs_find_their_shared_noise_files_from_any_folder(tmp_path, monkeypatch, shared_data):
+    """paper-f30k names DECL's noise files as ../shared/data/...: they resolve from any folder."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("paper-f30k", out=str(tmp_path / "b"))
+    given = [c.noise_file for c in spec.cells() if c.noise_file and "noise_inx" in c.noise_file]
+    assert given and all(Path(f).is_absolute() and Path(f).is_file() for f in given)

@@ -102,15 +102,18 @@ def test_loader_order_is_seeded(syn: tuple[PrecompSplit, Vocabulary]) -> None:
     assert sorted(order(make_loader(ds, 16, shuffle=True, seed=0, indices=sub))) == sub.tolist()
 
 
-def test_rank_shards_are_disjoint(syn: tuple[PrecompSplit, Vocabulary]) -> None:
+def test_rank_shards_cut_the_one_process_batches(syn: tuple[PrecompSplit, Vocabulary]) -> None:
     split, vocab = syn
     ds = PairDataset(split, vocab)
+    whole = [b.index.tolist() for b in make_loader(ds, 50, shuffle=True, seed=2)]
     shards = [
-        torch.cat([b.index for b in make_loader(ds, 50, shuffle=True, seed=2, rank=r, world_size=3)]).tolist()
+        [b.index.tolist() for b in make_loader(ds, 50, shuffle=True, seed=2, rank=r, world_size=3)]
         for r in range(3)
     ]
-    assert all(len(s) == len(ds) // 3 for s in shards)
-    assert len(set().union(*map(set, shards))) == 3 * (len(ds) // 3)
+    assert all(len(s) == len(whole) for s in shards), "every rank takes as many steps"
+    for step, batch in enumerate(whole):
+        assert shards[0][step] + shards[1][step] + shards[2][step] == batch
+        assert [len(s[step]) for s in shards] == [len(batch[r::3]) for r in range(3)]
 
 
 def test_workers_give_the_same_batches(syn: tuple[PrecompSplit, Vocabulary]) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from noisycorr.config import Config, load_config, read_yaml, resolve_named_yaml
+from noisycorr.config import Config, load_config, read_yaml, resolve_named_yaml, resolve_shared
 from noisycorr.errors import InputError
 
 PROTOCOLS = ("per_caption", "per_image")
@@ -297,10 +297,23 @@ def resolve_spec(name_or_path: str) -> Path:
     return resolve_named_yaml(name_or_path, spec_dir(), what="bench spec", option="noisycorr bench")
 
 
+def _shared_files(raw: Any) -> Any:
+    """Every ``files`` value of a spec with its ``../shared/data/`` prefix resolved."""
+    if isinstance(raw, dict):
+        return {k: ({r: resolve_shared(f) for r, f in v.items()} if k == "files" and isinstance(v, dict)
+                    else resolve_shared(v) if k == "files" else _shared_files(v)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_shared_files(v) for v in raw]
+    return raw
+
+
 def load_spec(name_or_path: str, *, out: str | None = None, extra: list[str] | None = None) -> BenchSpec:
     """Read a spec file (or a shipped spec by name) and check every cell's config resolves."""
     path = resolve_spec(name_or_path)
-    spec = spec_from_dict(read_yaml(path), str(path), out=out, extra=extra)
+    raw = read_yaml(path)
+    if path.resolve().parent == spec_dir().resolve():  # a shipped spec's ../shared/data files, from any folder
+        raw = _shared_files(raw)
+    spec = spec_from_dict(raw, str(path), out=out, extra=extra)
     for cell in spec.cells():  # a bad preset or key fails here, before anything runs
         cell_config(cell)
     return spec

@@ -50,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     check_writable_dir(cfg.run.out_dir, what=RUN_FOLDER)
     results = train(cfg, resume=args.resume)
+    if not results:  # a rank other than 0 of a multi-process run: rank 0 reports
+        return 0
     best = results["best"]
     _print_metrics(f"best validation (epoch {best['epoch'] + 1})", best["val"])
     if "test" in results:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from noisycorr.data.precomp import PrecompSplit
 from noisycorr.data.vocab import MASK, Vocabulary
+from noisycorr.distributed import shard
 from noisycorr.errors import InputError
 
 _N_SPECIAL = 4
@@ -431,14 +432,18 @@ def collate_pairs(samples: Batch | Sequence[Batch]) -> Batch:
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of sample indices, shuffled by ``(seed, epoch)``, optionally sharded by rank.
 
+    With several ranks every rank walks the same global batches (those of one process) and takes
+    its contiguous slice of each (:func:`noisycorr.distributed.shard`), so the ranks' slices of a
+    step together are the one-process batch and every rank takes as many steps.
+
     Args:
         n: dataset length (used when ``indices`` is None).
-        batch_size: samples per batch (per rank).
+        batch_size: samples per global batch (all ranks together).
         shuffle: permute the indices each epoch.
         seed: permutation seed.
         drop_last: drop a last incomplete batch.
         indices: restrict to these sample indices (e.g. the clean subset of a method).
-        rank, world_size: this process's shard; every rank sees the same number of batches.
+        rank, world_size: this process's shard.
     """
 
     def __init__(
@@ -467,17 +472,19 @@ class EpochBatchSampler(Sampler[list[int]]):
         idx = self.indices
         if self.shuffle:
             idx = idx[np.random.default_rng([self.seed, self.epoch]).permutation(len(idx))]
-        per_rank = len(idx) // self.world_size
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank] if self.world_size > 1 else idx
+        return idx
 
     def __len__(self) -> int:
-        n = len(self.indices) // self.world_size if self.world_size > 1 else len(self.indices)
+        n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self._order()
         for b in range(len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                chunk = chunk[shard(len(chunk), self.world_size, self.rank)]
+            yield chunk.tolist()
 
 
 def make_loader(

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from noisycorr import distributed as dist
+
 PASS_STREAM = 7919  # separates the fixed pass order from every epoch's shuffling
 
 
@@ -80,14 +82,21 @@ class TrainContext:
         was_training = self.method.training
         self.method.eval()
         try:
-            out: Tensor | None = None
             batches = fixed_batches(self.n, batch_size or self.batch_size, self.seed)
-            for idx, first in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
+            # Several ranks: batch k is computed by rank k mod world_size, then gathered by index.
+            mine = batches[dist.rank() :: dist.world_size()]
+            if not mine:  # fewer batches than ranks: run one for the values' shape, keep none of it
+                mine = [(batches[0][0], len(batches[0][0]))]
+            kept_idx, kept = [], []
+            for idx, first in tqdm(mine, desc=desc, disable=not self.progress, leave=False):
                 values = fn(self.fetch(idx).to(self.device)).detach().float().cpu()
-                if out is None:
-                    out = torch.zeros((self.n, *values.shape[1:]), dtype=torch.float32)
-                out[torch.from_numpy(idx[first:])] = values[first:]
-            assert out is not None
+                kept_idx.append(torch.from_numpy(idx[first:]))
+                kept.append(values[first:])
+            index, values = torch.cat(kept_idx), torch.cat(kept)
+            if dist.active():
+                return dist.gather_by_index(index, values, self.n)
+            out = torch.zeros((self.n, *values.shape[1:]), dtype=torch.float32)
+            out[index] = values
             return out
         finally:
             self.method.train(was_training)

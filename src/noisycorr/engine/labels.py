@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from noisycorr import distributed as dist
 from noisycorr.config import LabeledConfig
 from noisycorr.data.labeled import (
     LAYOUTS,
@@ -50,6 +51,7 @@ from noisycorr.data.labeled import (
     read_labeled,
     save_label_noise,
 )
+from noisycorr.distributed import shard
 from noisycorr.engine.checkpoint import check_weights_choice, load_last_weights, load_weights
 from noisycorr.engine.context import LabelTrainContext
 from noisycorr.engine.optim import OPTIMIZERS, SCHEDULES
@@ -244,14 +246,19 @@ def weights_metadata(cfg: LabeledConfig, image_dim: int, text_dim: int, num_clas
     }
 
 
-def _batches(phase: Phase, n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """Shuffled index batches of a phase (the last, smaller one kept; single items dropped)."""
+def _batches(phase: Phase, n: int, batch_size: int, seed: int, *, rank: int = 0,
+             world_size: int = 1) -> Iterator[np.ndarray]:
+    """Shuffled index batches of a phase (the last, smaller one kept; single items dropped).
+
+    With several ranks each batch is this rank's slice of the one-process batch; a last batch that
+    would leave some rank a single item is dropped on every rank.
+    """
     idx = np.arange(n) if phase.indices is None else np.asarray(phase.indices)
     order = idx[np.random.RandomState(seed % (2**32)).permutation(idx.shape[0])]
     for start in range(0, order.shape[0], batch_size):
         chunk = order[start : start + batch_size]
-        if chunk.shape[0] >= 2:
-            yield chunk
+        if chunk.shape[0] >= 2 * world_size:
+            yield chunk[shard(chunk.shape[0], world_size, rank)] if world_size > 1 else chunk
 
 
 @torch.no_grad()
@@ -302,9 +309,10 @@ class LabelTrainSet:
 class PhaseItems:
     """Shuffled index batches of one phase as :class:`LabelBatch` es (the last, smaller batch kept)."""
 
-    def __init__(self, train_set: LabelTrainSet, phase: Phase, batch_size: int, seed: int):
+    def __init__(self, train_set: LabelTrainSet, phase: Phase, batch_size: int, seed: int, *, rank: int = 0,
+                 world_size: int = 1):
         self.train_set = train_set
-        self.chunks = list(_batches(phase, len(train_set), batch_size, seed))
+        self.chunks = list(_batches(phase, len(train_set), batch_size, seed, rank=rank, world_size=world_size))
         n = len(train_set) if phase.indices is None else len(phase.indices)
         self.samples = n
         if phase.streams:
@@ -369,7 +377,8 @@ class LabelTask:
 
     def phase_batches(self, cfg: LabeledConfig, train_set: LabelTrainSet, phase: Phase, epoch: int,
                       k: int) -> PhaseItems:
-        return PhaseItems(train_set, phase, cfg.train.batch_size, epoch_seed(cfg.train.seed, epoch) + 7919 * k)
+        return PhaseItems(train_set, phase, cfg.train.batch_size, epoch_seed(cfg.train.seed, epoch) + 7919 * k,
+                          rank=dist.rank(), world_size=dist.world_size())
 
     def validate(self, cfg: LabeledConfig, method: LabelMethod, prep: PreparedLabels,
                  device: torch.device) -> dict[str, float]:
@@ -382,6 +391,8 @@ class LabelTask:
     def finish(self, cfg: LabeledConfig, method: LabelMethod, prep: PreparedLabels, device: torch.device,
                ctx: Any, paths: RunPaths, *, train_seconds: float) -> dict[str, Any]:
         """Reload the best weights, evaluate on the test split, write ``results.json``."""
+        if not dist.is_main():
+            return {}
         load_weights(method, paths.best, expect=self.weights_metadata(cfg, prep))
         img, txt = embed_split(method, prep.test, device, cfg.eval.batch_size)
         results: dict[str, Any] = {

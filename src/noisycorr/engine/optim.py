@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from noisycorr.config import TrainConfig
+from noisycorr.distributed import average_gradients
 from noisycorr.errors import InputError
 from noisycorr.methods.base import Method, OptimizerSpec
 
@@ -107,12 +108,23 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss handed to backward was NaN or infinite (on this rank or another one)."""
+
+
 class Stepper:
     """Backward and step with AMP scaling and clipping: the engine's own updates and the
-    :class:`~noisycorr.methods.context.StepControl` of manual optimisation."""
+    :class:`~noisycorr.methods.context.StepControl` of manual optimisation.
+
+    Before a step the gradients are averaged over the ranks of a multi-process run (a no-op in one
+    process). A NaN or infinite loss given to ``backward`` stops the run at the next step on every
+    rank (:class:`NonFiniteLoss`), before the optimiser moves; under AMP the scaler handles
+    overflows and the check is off.
+    """
 
     def __init__(self, optimizers: Optimizers, scaler: torch.amp.GradScaler, grad_clip: float):
         self.optimizers, self.scaler, self.grad_clip = optimizers, scaler, grad_clip
+        self._nonfinite = False
 
     def _pick(self, name: str | None) -> list[str]:
         if name is None:
@@ -132,9 +144,16 @@ class Stepper:
             self.optimizers.torch[n].zero_grad(set_to_none=True)
 
     def backward(self, loss: Tensor, **kwargs: Any) -> None:
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(loss.detach()).all()):
+            self._nonfinite = True
         self.scaler.scale(loss).backward(**kwargs)
 
     def _clip_and_step(self, names: list[str]) -> None:
+        params = [p for n in names for p in self.optimizers.params[n]]
+        nonfinite = average_gradients(params, flag=self._nonfinite)
+        self._nonfinite = False
+        if nonfinite:
+            raise NonFiniteLoss("a training loss is NaN or infinite")
         for n in names:
             opt = self.optimizers.torch[n]
             if self.grad_clip > 0:

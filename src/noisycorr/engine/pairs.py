@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from noisycorr import distributed as dist
 from noisycorr.config import Config
 from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
 from noisycorr.data.noise import save_noise
@@ -49,19 +50,25 @@ class PhaseBatches:
     The main stream drops its last incomplete batch (every step sees a full batch of negatives), so
     a main stream of ``samples`` < one batch gives no step at all (the loop warns).
     A side stream is reshuffled and restarted when exhausted.
+
+    With several ranks (``world_size``) every batch is this rank's slice of the one-process batch.
     """
 
-    def __init__(self, dataset: PairDataset, phase: Phase, batch_size: int, seed: int, num_workers: int, stream: int):
+    def __init__(self, dataset: PairDataset, phase: Phase, batch_size: int, seed: int, num_workers: int, stream: int,
+                 *, rank: int = 0, world_size: int = 1):
         self.dataset, self.phase, self.batch_size, self.seed = dataset, phase, batch_size, seed
         self.num_workers, self.stream = num_workers, stream
+        self.rank, self.world_size = rank, world_size
         self.main = make_loader(
             dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, drop_last=True,
-            epoch=2 * stream, indices=phase.indices,
+            epoch=2 * stream, indices=phase.indices, rank=rank, world_size=world_size,
         )
         n_main = len(dataset) if phase.indices is None else len(phase.indices)
         self.samples = n_main
-        # Streams of fewer than 2 samples give no in-batch negative: they are not drawn.
-        self.streams = {name: idx for name, idx in phase.streams.items() if idx is not None and len(idx) >= 2}
+        # Streams that give some rank fewer than 2 samples (no in-batch negative) are not drawn.
+        self.streams = {
+            name: idx for name, idx in phase.streams.items() if idx is not None and len(idx) >= 2 * world_size
+        }
 
     def __len__(self) -> int:
         return len(self.main)
@@ -70,6 +77,7 @@ class PhaseBatches:
         return make_loader(
             self.dataset, self.batch_size, shuffle=True, seed=self.seed + 1000 * cycle, num_workers=self.num_workers,
             drop_last=len(indices) >= self.batch_size, epoch=2 * self.stream + 1 + 1000 * j, indices=indices,
+            rank=self.rank, world_size=self.world_size,
         )
 
     def __iter__(self) -> Iterator[tuple[PairBatch, dict[str, PairBatch]]]:
@@ -137,7 +145,8 @@ class PairTask:
     def phase_batches(self, cfg: Config, train_set: PairDataset, phase: Phase, epoch: int, k: int) -> PhaseBatches:
         """The shuffled batches of phase ``k`` of ``epoch``; the order depends only on (seed, epoch, k)."""
         return PhaseBatches(
-            train_set, phase, cfg.train.batch_size, epoch_seed(cfg.train.seed, epoch), cfg.train.num_workers, k
+            train_set, phase, cfg.train.batch_size, epoch_seed(cfg.train.seed, epoch), cfg.train.num_workers, k,
+            rank=dist.rank(), world_size=dist.world_size(),
         )
 
     def validate(self, cfg: Config, method: Method, data: PreparedData, device: torch.device) -> dict[str, float]:
@@ -159,6 +168,9 @@ class PairTask:
         ``results.json`` also scores it as a detector.
         """
         load_weights(method, paths.best, expect=weights_metadata(cfg))
+        scores = method.score_pairs(ctx, seed=cfg.train.seed)  # every rank: the pass is split among them
+        if not dist.is_main():
+            return {}
         results: dict[str, Any] = {"best": read_json(paths.best_json)}
         if data.test is not None:
             results["test"] = evaluate_method(
@@ -166,7 +178,6 @@ class PairTask:
                 combine=method.eval_similarity,
             )
         results["noise"] = noise_record(data)
-        scores = method.score_pairs(ctx, seed=cfg.train.seed)
         write_npy(paths.root / SCORES_FILE, scores.astype(np.float32))
         if data.noise is not None:
             from noisycorr.eval.detection import detection_metrics, precision_at_top

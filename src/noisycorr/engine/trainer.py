@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from noisycorr.config import AnyConfig, LabeledConfig, save_config
+from noisycorr import distributed as dist
+from noisycorr.config import AnyConfig, LabeledConfig, check_values, save_config
+from noisycorr.data.paths import check_writable_dir
 from noisycorr.engine.checkpoint import atomic_torch_save, export_weights, load_state
 from noisycorr.engine.diagnostics import diagnostics_row
 from noisycorr.engine.labels import LabelTask
 from noisycorr.engine.logger import MetricsLogger
-from noisycorr.engine.optim import Optimizers, Stepper
+from noisycorr.engine.optim import NonFiniteLoss, Optimizers, Stepper
 from noisycorr.engine.pairs import PairTask
 from noisycorr.engine.plots import have_matplotlib, plot_history
 from noisycorr.engine.rundir import RunPaths, check_same_settings, write_json
@@ -90,8 +92,15 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
     task = task_for(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = dist.init_from_env(pick_device(cfg.train.device))
+    world, main = dist.world_size(), dist.is_main()
+    if cfg.train.batch_size % world:
+        raise InputError("train.batch_size", f"a multiple of the {world} ranks (the global batch is split evenly)",
+                         str(cfg.train.batch_size))
+    check_values(cfg, "config")  # configs built in code, not through load_config
     paths = RunPaths(Path(cfg.run.out_dir))
+    if main:
+        check_writable_dir(paths.root, what="the run folder (run.out_dir)")
     if paths.state.exists() and not resume:
         raise InputError(paths.root, "an empty run folder (or --resume)", "a run that already has a checkpoint")
     resuming = resume and paths.state.exists()
@@ -112,13 +121,20 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
     if resuming:
         state = _load_resume_state(paths, method, optimizers, scaler)
         start_epoch, best, history = state["epoch"] + 1, dict(state["best"]), list(state["history"])
-    else:
+    if main:
         paths.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, paths.config)
-        task.write_run_files(cfg, data, paths)
-    logger = MetricsLogger(paths.root, history, tensorboard=cfg.run.tensorboard)
-    show = cfg.run.progress
+        for stale in paths.root.glob(".*.tmp"):  # left by a process killed while writing a file
+            stale.unlink(missing_ok=True)
+        if not resuming:
+            save_config(cfg, paths.config)
+            task.write_run_files(cfg, data, paths)
+    dist.broadcast_module(method)
+    dist.barrier()
+    logger = MetricsLogger(paths.root, history, tensorboard=cfg.run.tensorboard) if main else None
+    show = cfg.run.progress and main  # the epoch lines
+    bars = show and sys.stderr.isatty()  # progress bars: on a terminal only, never into a log file
     ctx = task.context(cfg, method, data, train_set, device)
+    ctx.progress = bars
     truth = task.truth(data)
     t_start = time.perf_counter()
 
@@ -131,34 +147,45 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
         row.update(method.on_epoch_start(epoch, ctx))
         row["select_seconds"] = round(time.perf_counter() - t0, 3)
         method.train()
-        row.update(diagnostics_row(method.diagnostics(), truth))
+        if main:
+            row.update(diagnostics_row(method.diagnostics(), truth))
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
         for k, phase in enumerate(method.epoch_phases(epoch)):
             batches = task.phase_batches(cfg, train_set, phase, epoch, k)
-            if len(batches) == 0 and batches.samples > 0:
+            if len(batches) == 0 and batches.samples > 0 and main:
                 msg = (f"warning: epoch {epoch + 1} phase {phase.name!r}: its {batches.samples} samples make no "
                        f"batch of {cfg.train.batch_size}, so it takes no step this epoch")
                 tqdm.write(msg, file=sys.stderr)
             row[f"steps_{phase.name}"] = row.get(f"steps_{phase.name}", 0) + len(batches)
             desc = f"epoch {epoch + 1}/{cfg.train.epochs}" + (f" {phase.name}" if phase.name != "train" else "")
-            bar = tqdm(batches, total=len(batches), desc=desc, disable=not show, leave=False)
-            for batch, streams in bar:
+            bar = tqdm(batches, total=len(batches), desc=desc, disable=not bars, leave=False)
+            for step, (batch, streams) in enumerate(bar):
                 batch = batch.to(device)
                 streams = {name: b.to(device) for name, b in streams.items()}
-                for update in _updates(method, batch, epoch, phase.name, streams, use_amp, stepper):
-                    loss = sum(update.losses.values())
-                    if not method.manual_optimization:
-                        stepper.update(loss, update.optimizers)
-                    values = {**{f"loss_{n}": float(v.detach()) for n, v in update.losses.items()}, **update.logs}
-                    for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                        counts[key] = counts.get(key, 0) + 1
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                try:
+                    for update in _updates(method, batch, epoch, phase.name, streams, use_amp, stepper):
+                        loss = sum(update.losses.values())
+                        if not method.manual_optimization:
+                            stepper.update(loss, update.optimizers)
+                        values = {**{f"loss_{n}": float(v.detach()) for n, v in update.losses.items()},
+                                  **update.logs}
+                        for key, value in values.items():
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                            counts[key] = counts.get(key, 0) + 1
+                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                except NonFiniteLoss:
+                    raise _diverged(paths, epoch, phase.name, step) from None
+        sums, counts = dist.merge_sums(sums, counts)
         row.update({key: total / counts[key] for key, total in sums.items()})
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
-        row.update(diagnostics_row(method.epoch_diagnostics(), truth))
+        dist.average_norm_stats(method)
+        dist.check_in_sync(method, f"epoch {epoch + 1}")
+        epoch_diag = method.epoch_diagnostics()  # on every rank: a method may gather across ranks here
+        if not main:
+            continue
+        row.update(diagnostics_row(epoch_diag, truth))
         val = task.validate(cfg, method, data, device)
         row.update({f"val_{k}": v for k, v in val.items()})
         if val[metric] > best[metric]:
@@ -184,7 +211,21 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
                 f"epoch {epoch + 1}/{cfg.train.epochs}  loss {loss_sum:.3f}  {task.summary(val)}"
                 f"  (best {best[metric]:{task.metric_format}} @ {best['epoch'] + 1})"
             )
-    logger.close()
-    if have_matplotlib() and logger.history:
-        plot_history(logger.history, paths.curves, metric=f"val_{metric}", label=task.metric_label)
+    if logger is not None:
+        logger.close()
+        if have_matplotlib() and logger.history:
+            plot_history(logger.history, paths.curves, metric=f"val_{metric}", label=task.metric_label)
+    dist.barrier()  # rank 0's best weights are written before every rank reloads them
     return task.finish(cfg, method, data, device, ctx, paths, train_seconds=time.perf_counter() - t_start)
+
+
+def _diverged(paths: RunPaths, epoch: int, phase: str, step: int) -> InputError:
+    """The one-line error of a NaN / infinite loss; the checkpoint on disk is the last finished epoch."""
+    if epoch > 0:
+        kept = f"the checkpoint of epoch {epoch} (the last finished one) is kept in {paths.state}"
+    else:
+        kept = "no epoch had finished, so there is no checkpoint"
+    return InputError(
+        paths.root, f"finite training losses ({kept}; lower train.lr or check the data)",
+        "a NaN or infinite loss", where=f"epoch {epoch + 1}, phase {phase!r}, step {step + 1}",
+    )

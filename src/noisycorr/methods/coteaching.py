@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
+from noisycorr.distributed import any_across_ranks
 from noisycorr.losses import match_confidence
 from noisycorr.methods.base import Method, Phase
 from noisycorr.methods.consistency import ConsistencyLabeler, pass_with_embeddings, peer_view
@@ -129,6 +130,8 @@ class CoTeachingMethod(Method):
     def epoch_diagnostics(self) -> dict[str, Selection]:
         """The pairs used as anchors during the epoch just trained (consistency targets only)."""
         hits = self._anchor_hits
+        if hits is not None:  # each rank saw its slice of every batch
+            hits = any_across_ranks(hits)
         if hits is None or not hits.any():
             return {}
         return {"anchors": Selection(None, hits, groups={"anchor": hits})}

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.ops import l2norm
 from noisycorr.data.dataset import PairBatch
+from noisycorr.distributed import gather_rows
 from noisycorr.errors import InputError
 from noisycorr.losses import SOFT_MARGINS, rce_infonce_loss, soft_margin, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
@@ -268,7 +269,8 @@ class IN2R(CoTeachingMethod):
         }
         w = self._peer_prob[self.peer(phase)][batch.index.cpu()]
         sure = (w > self._enqueue_threshold[phase]).to(img1.device)
-        self.memory[phase].push(img1[sure], txt1[sure])
+        # Every rank stores the whole global batch's sure pairs, in one-process order.
+        self.memory[phase].push(gather_rows(img1[sure].detach()), gather_rows(txt1[sure].detach()))
         logs = {"enqueued": float(sure.float().mean())}
 
         if side is not None and len(side) > 1:
