@@ -23,7 +23,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -32,8 +32,6 @@ from torch import distributed as dist
 
 __all__ = [
     "active",
-    "all_ranks_max",
-    "all_ranks_sum",
     "any_across_ranks",
     "average_norm_stats",
     "merge_sums",
@@ -155,25 +153,6 @@ def gather_by_index(index: Tensor, values: Tensor, n: int) -> Tensor:
     out = torch.zeros((n, *values.shape[1:]), dtype=torch.float32)
     out[index.cpu()] = values.float().cpu()
     return out
-
-
-def all_ranks_max(values: Sequence[float]) -> list[float]:
-    """Element-wise maximum of a short list of numbers over the ranks (e.g. flags)."""
-    if not active():
-        return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64)
-    t = _comm_device(t)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.cpu().tolist()
-
-
-def all_ranks_sum(values: Sequence[float]) -> list[float]:
-    """Element-wise sum of a short list of numbers over the ranks."""
-    if not active():
-        return list(values)
-    t = _comm_device(torch.tensor(list(values), dtype=torch.float64))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu().tolist()
 
 
 def merge_sums(sums: dict[str, float], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
