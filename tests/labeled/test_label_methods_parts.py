@@ -301,3 +301,37 @@ def test_nirnl_noisy_phase_is_l1_to_the_one_hot_argmax_of_w() -> None:
     torch.testing.assert_close(losses["cmp"], 0.3 * cmp)
     for got, want in zip(_grads(method, losses["noisy"]), _grads(method, 0.7 * label)):
         torch.testing.assert_close(got, want)
+
+
+# mutant killed: the empty class keeps its zero prototype unmasked (the old behaviour: logit 0)
+# mutant killed: presence read from the image labels only (a class carried by texts only masked out)
+# mutant killed: ``empty_classes`` not logged in the epoch row
+def test_nirnl_skips_a_class_no_item_carries_and_counts_it() -> None:
+    """Of 4 classes, class 2 is carried by texts only and class 3 by nobody: class 3 gets no
+    barycenter (probability 0 in every softmax, never a pseudo-label, ``empty_classes`` = 1 in the
+    log row) while class 2 keeps its prototype; every phase's loss stays finite."""
+    torch.manual_seed(0)
+    method = NIRNL(NIRNL.Config(top_k=2), image_dim=4, text_dim=3, num_classes=4, hidden=8, embed_dim=6)
+    y_img = torch.tensor([0, 0, 0, 1, 1, 1])
+    y_txt = torch.tensor([0, 0, 2, 1, 1, 2])
+    images, texts = torch.randn(6, 4), torch.randn(6, 3)
+    labels = torch.stack([F.one_hot(y_img, 4).float(), F.one_hot(y_txt, 4).float()])
+    ctx = SimpleNamespace(images=images, texts=texts, labels=labels, n_samples=6)
+    logs = method.on_epoch_start(0, ctx)
+    assert logs["empty_classes"] == 1.0
+    assert sum(v for k, v in logs.items() if k.startswith("share_")) == pytest.approx(1.0)
+    emb = method.embed(images, method.encode_images)
+    p = method.class_logits(emb).softmax(1)
+    assert (p[:, 3] == 0).all()
+    assert (p[:, 2] > 0.05).all()  # carried by texts only: a real class with a real prototype
+    batch = LabelBatch(
+        index=torch.arange(6), images=images, texts=texts, image_labels=labels[0], text_labels=labels[1]
+    )
+    for phase in ("pure", "hard", "noisy"):
+        losses, _ = method.training_step(batch, 0, phase=phase)
+        assert all(torch.isfinite(v) for v in losses.values()), phase
+    # with every class present nothing is masked and the count is 0
+    full = torch.stack([F.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()] * 2)
+    logs = method.on_epoch_start(1, SimpleNamespace(images=images, texts=texts, labels=full, n_samples=6))
+    assert logs["empty_classes"] == 0.0
+    assert (method.class_logits(emb).softmax(1)[:, 3] > 0.05).all()

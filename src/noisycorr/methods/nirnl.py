@@ -25,6 +25,11 @@ Schedule of the authors' code: batch 256, 100 epochs, Adam lr 1e-4, alpha 0.9, m
 entropic regularisation 5, one barycenter per class. The weight update of the barycenter masses
 (Cuturi & Doucet's outer loop) is not run: masses stay uniform, which changes nothing with one
 support point per class.
+
+A class that no training item carries (no image and no text label, after the noise) has no
+barycenter: the authors' code stops there (``k_barycenter`` draws a support point from an empty set,
+train_model_knn_v2.py:299, 310). Here it is skipped: its logit is masked out of every softmax (it gets
+probability 0, it is never a pseudo-label) and the epoch's log row counts it as ``empty_classes``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from noisycorr.methods.context import LabelEpochContext
 from noisycorr.methods.labeled_base import HARD, NOISY, PURE, LabelBatch, LabelMethod, soft_cross_entropy
 from noisycorr.registry import register_method
 from noisycorr.selection import Selection
+
+EMPTY_CLASS_LOGIT = -1e4  # the logit of a class without a barycenter: softmax probability 0
 
 
 def sinkhorn(a: Tensor, b: Tensor, cost: Tensor, reg: float, *, max_iter: int = 1000, tol: float = 1e-9) -> Tensor:
@@ -211,6 +218,7 @@ class NIRNL(LabelMethod):
         super().__init__(cfg, **kwargs)
         self.prototypes: Tensor | None = None  # (C * k, D), recomputed every epoch, not saved
         self._codes: Tensor | None = None
+        self._present: Tensor | None = None  # (C,) bool: classes with a barycenter this epoch
 
     def class_logits(self, feats: Tensor) -> Tensor:
         """(B, D) unit embeddings -> (B, C) logits (the best of each class's barycenters)."""
@@ -218,11 +226,18 @@ class NIRNL(LabelMethod):
             raise RuntimeError("NIRNL prototypes are computed in on_epoch_start")
         logits = feats @ self.prototypes.T
         k = self.cfg.barycenters_per_class
-        return logits.view(feats.shape[0], -1, k).amax(2) if k > 1 else logits
+        logits = logits.view(feats.shape[0], -1, k).amax(2) if k > 1 else logits
+        if self._present is not None and not bool(self._present.all()):
+            # finite, so that a zero target times its log-probability stays 0 in the cross-entropy
+            logits = logits.masked_fill(~self._present.to(logits.device), EMPTY_CLASS_LOGIT)
+        return logits
 
     @torch.no_grad()
     def compute_prototypes(self, image: Tensor, text: Tensor, image_labels: Tensor, text_labels: Tensor) -> Tensor:
-        """Barycenters of each class's image and text embeddings: (N, D) x2, (N, C) x2 -> (C * k, D)."""
+        """Barycenters of each class's image and text embeddings: (N, D) x2, (N, C) x2 -> (C * k, D).
+
+        A class with no item has zero rows here, a placeholder that :meth:`class_logits` masks out
+        once ``on_epoch_start`` has recorded which classes are present."""
         k = self.cfg.barycenters_per_class
         protos = []
         for c in range(image_labels.shape[1]):
@@ -242,13 +257,17 @@ class NIRNL(LabelMethod):
         txt = self.embed(ctx.texts, self.encode_texts)
         img_lab, txt_lab = ctx.labels[0], ctx.labels[1]
         self.prototypes = self.compute_prototypes(img, txt, img_lab, txt_lab)
+        self._present = ((img_lab > 0).any(0) | (txt_lab > 0).any(0)).to(self.prototypes.device)
         votes_img = knn_label_votes(img, img_lab, self.cfg.top_k)
         votes_txt = knn_label_votes(txt, txt_lab, self.cfg.top_k)
         self._codes = refine_partition(votes_img, votes_txt, img_lab, txt_lab)
         n = float(ctx.n_samples)
         return {
-            f"share_{name}": float((self._codes == code).sum()) / n
-            for name, code in (("pure", PURE), ("hard", HARD), ("noisy", NOISY))
+            **{
+                f"share_{name}": float((self._codes == code).sum()) / n
+                for name, code in (("pure", PURE), ("hard", HARD), ("noisy", NOISY))
+            },
+            "empty_classes": float((~self._present).sum()),
         }
 
     def partition(self) -> np.ndarray | None:
