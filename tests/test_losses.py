@@ -72,3 +72,21 @@ def test_rce_infonce_is_small_for_a_clear_diagonal_and_bounded_for_a_wrong_one()
     assert 0 < loss and torch.isfinite(torch.tensor(loss))
     half = torch.full((3, 3), 0.3, dtype=torch.float16)  # AMP input: computed in float32
     assert rce_infonce_loss(half).dtype == torch.float32
+
+
+# mutant killed: a (B, B) margin transposed in the caption-anchor direction
+# mutant killed: the shape check of a (B, B) margin removed
+def test_per_cell_margin_applies_cell_ij_in_both_directions():
+    """A (B, B) margin: cell (i, j) uses m_ij whether image i or caption j is the anchor; a (B, B)
+    matrix of one value equals the scalar margin; another shape is refused."""
+    torch.manual_seed(0)
+    scores = torch.rand(4, 4)
+    m = torch.rand(4, 4) * 0.5
+    cost_cap, cost_img = hinge_costs(scores, m)
+    pos = scores.diagonal()
+    eye = torch.eye(4, dtype=torch.bool)
+    torch.testing.assert_close(cost_cap, (m + scores - pos[:, None]).clamp(min=0).masked_fill(eye, 0))
+    torch.testing.assert_close(cost_img, (m + scores - pos[None, :]).clamp(min=0).masked_fill(eye, 0))
+    torch.testing.assert_close(triplet_loss(scores, torch.full((4, 4), 0.2)), triplet_loss(scores, 0.2))
+    with pytest.raises(ValueError, match="per-cell margin"):
+        hinge_costs(scores, torch.zeros(3, 3))

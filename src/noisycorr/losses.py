@@ -29,17 +29,26 @@ def hinge_costs(scores: Tensor, margin: float | Tensor) -> tuple[Tensor, Tensor]
 
     Args:
         scores: (B, B), ``scores[i, j]`` = sim(image i, caption j); pair i is (image i, caption i).
-        margin: a scalar, or (B,) per-pair margins (pair i's margin applies when it is the anchor).
+        margin: a scalar; (B,) per-pair margins (pair i's margin applies when it is the anchor); or
+            (B, B) per-cell margins, ``m_ij`` for cell (i, j) in both directions (the authors' NCR
+            code, whose (B, 1) or (B, B) soft margins broadcast that way).
 
     Returns:
         ``cost_cap`` (B, B): ``[m_i + S_ij - S_ii]_+``, anchor image i, negative caption j.
         ``cost_img`` (B, B): ``[m_j + S_ij - S_jj]_+``, anchor caption j, negative image i.
-        Both have a zero diagonal.
+        (``m_ij`` in both with a (B, B) margin.) Both have a zero diagonal.
     """
     pos = scores.diagonal()
     m = margin if isinstance(margin, Tensor) else torch.tensor(margin, device=scores.device)
-    m_row = m.reshape(-1, 1) if m.ndim else m
-    m_col = m.reshape(1, -1) if m.ndim else m
+    if m.ndim == 2:
+        if m.shape != scores.shape:
+            raise ValueError(
+                f"a per-cell margin must have the scores' shape {tuple(scores.shape)}, not {tuple(m.shape)}"
+            )
+        m_row = m_col = m
+    else:
+        m_row = m.reshape(-1, 1) if m.ndim else m
+        m_col = m.reshape(1, -1) if m.ndim else m
     eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     cost_cap = (m_row + scores - pos.reshape(-1, 1)).clamp(min=0).masked_fill(eye, 0)
     cost_img = (m_col + scores - pos.reshape(1, -1)).clamp(min=0).masked_fill(eye, 0)
@@ -53,7 +62,7 @@ def triplet_loss(
 
     Args:
         scores: (B, B) similarity matrix, positives on the diagonal.
-        margin: scalar or (B,) per-pair soft margins.
+        margin: scalar, (B,) per-pair soft margins, or (B, B) per-cell margins (see :func:`hinge_costs`).
         hardest: hardest negative per anchor (VSE++); False averages over the B - 1 negatives
             (the warm-up loss of VSE-infinity and NCR).
         reduction: ``"sum"`` (the field's convention), ``"mean"`` or ``"none"`` for (B,) per-pair losses.

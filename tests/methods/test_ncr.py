@@ -7,6 +7,7 @@ from method_helpers import FakeEpochContext, random_batch
 
 import noisycorr.methods.ncr as ncr_module
 from noisycorr.backbones.vse import VSE
+from noisycorr.errors import InputError
 from noisycorr.methods.context import EpochContext
 from noisycorr.methods.ncr import NCR, match_confidence, soft_margin
 from noisycorr.selection import Selection
@@ -276,3 +277,75 @@ def test_the_clean_loss_is_the_hardest_negative_hinge_with_each_pairs_own_soft_m
     mean_margin = sum(margins) / 4
     assert abs(_hinge_by_hand(scores, [mean_margin] * 4) - _hinge_by_hand(scores, margins)) > 1e-3
     assert abs(_hinge_by_hand(scores, [0.2] * 4) - _hinge_by_hand(scores, margins)) > 1e-3
+
+
+# ------------------------------------------------------------------ margin_of: pair | authors
+
+_SCORES = [
+    [0.50, 0.45, 0.30, 0.42],
+    [0.40, 0.60, 0.55, 0.20],
+    [0.35, 0.50, 0.55, 0.46],
+    [0.48, 0.10, 0.30, 0.52],
+]
+
+
+def _hinge_by_cells(s: list[list[float]], m: list[list[float]]) -> float:
+    """The authors' hinge with margin m[i][j] in cell (i, j): sum_i max_j [m_ij + S_ij - S_ii]_+
+    (anchor image i) + sum_j max_i [m_ij + S_ij - S_jj]_+ (anchor caption j), j != i."""
+    b = len(s)
+    total = sum(max(max(0.0, m[i][j] + s[i][j] - s[i][i]) for j in range(b) if j != i) for i in range(b))
+    return total + sum(max(max(0.0, m[i][j] + s[i][j] - s[j][j]) for i in range(b) if i != j) for j in range(b))
+
+
+def _fixed_step(monkeypatch, margin_of: str) -> dict[str, torch.Tensor]:
+    """One co-training step of network A with fixed scores (both batches), peer probabilities
+    w = [0.1, 0.9, 0.5, 0.3] and predictions p = [0.2, 0.0, 0.4, 0.1] of both networks."""
+    ncr = _ncr(warmup_epochs=0, margin=0.2, margin_of=margin_of)  # exponential soft margin
+    _set_splits(ncr, N)
+    ncr.noisy_from_epoch = 0
+    ncr._peer_prob["B"][:4] = torch.tensor([0.1, 0.9, 0.5, 0.3])
+    monkeypatch.setattr(NCR, "predict", lambda self, net, batch: torch.tensor([0.2, 0.0, 0.4, 0.1]))
+    monkeypatch.setattr(NCR, "_scores", lambda self, net, batch: torch.tensor(_SCORES).requires_grad_())
+    steps = list(ncr.training_step(_batch(4), epoch=1, phase="A", streams={"noisy": _batch(4, offset=20)}))
+    return {name: loss for losses, _ in steps for name, loss in losses.items()}
+
+
+def _s(y: float) -> float:
+    return 0.2 * (10**y - 1) / 9
+
+
+W, P = [0.1, 0.9, 0.5, 0.3], [0.2, 0.0, 0.4, 0.1]
+
+
+# mutant killed: the noisy margin expanded along columns ([None, :]): the positive caption's margin
+# mutant killed: the clean cell target w_j + (1 - w_j) p_i (indices swapped)
+# mutant killed: margin_of ignored (authors computes the per-pair loss)
+def test_margin_of_authors_is_their_broadcast_hinge_by_hand(monkeypatch):
+    """``margin_of: authors``: clean cell (i, j) has margin m s(w_i + (1 - w_i) p_j); noisy cell (i, j)
+    m s(y_i) with y = (p_A + p_B) / 2 = p, so the caption-anchor direction uses the negative image's
+    margin. Both differ from the per-pair hinge on these scores."""
+    losses = _fixed_step(monkeypatch, "authors")
+    clean = [[_s(W[i] + (1 - W[i]) * P[j]) for j in range(4)] for i in range(4)]
+    noisy = [[_s(P[i])] * 4 for i in range(4)]
+    assert losses["clean"].item() == pytest.approx(_hinge_by_cells(_SCORES, clean), abs=1e-6)
+    assert losses["noisy"].item() == pytest.approx(_hinge_by_cells(_SCORES, noisy), abs=1e-6)
+    per_pair_clean = _hinge_by_hand(torch.tensor(_SCORES), [_s(w + (1 - w) * p) for w, p in zip(W, P)])
+    per_pair_noisy = _hinge_by_hand(torch.tensor(_SCORES), [_s(p) for p in P])
+    assert abs(per_pair_clean - _hinge_by_cells(_SCORES, clean)) > 1e-3
+    assert abs(per_pair_noisy - _hinge_by_cells(_SCORES, noisy)) > 1e-3
+
+
+# mutant killed: the per-pair margin broadcast as the authors' (B, 1) by default
+def test_margin_of_pair_is_each_positive_pairs_own_margin_by_hand(monkeypatch):
+    """``margin_of: pair`` (default): pair i's margin m s(y_i) in both directions where it is the positive."""
+    losses = _fixed_step(monkeypatch, "pair")
+    clean = [_s(w + (1 - w) * p) for w, p in zip(W, P)]
+    assert losses["clean"].item() == pytest.approx(_hinge_by_hand(torch.tensor(_SCORES), clean), abs=1e-6)
+    assert losses["noisy"].item() == pytest.approx(_hinge_by_hand(torch.tensor(_SCORES), [_s(p) for p in P]), abs=1e-6)
+
+
+def test_margin_of_is_checked():
+    with pytest.raises(InputError, match="margin_of"):
+        _ncr(margin_of="negative")
+    with pytest.raises(InputError, match="margin_of"):
+        _ncr(margin_of="authors", targets="consistency")

@@ -18,8 +18,13 @@ soft-margin loss. ``warmup_rate`` < 1 trains the warm-up on the lowest-loss shar
 
 Difference from the authors' code: there the clean target has shape (B, 1) and the prediction
 (B,), so the target broadcasts to a (B, B) matrix and the margin of cell (i, j) mixes pair i's
-probability with pair j's prediction. Here the target is per pair, as the paper describes: pair
-i's margin is ``m * s(y_i)`` in both retrieval directions where pair i is the positive.
+probability with pair j's prediction; the noisy target has shape (B, 1), so in the text-to-image
+direction (anchor caption j, negative image i) the margin is that of the *negative* image's pair i
+(model.py ContrastiveLoss.forward:484-486, co_train.py:252 and 259-261 at 60256ba). Here, by default
+(``margin_of: pair``), the target is per pair, as the paper describes: pair i's margin is
+``m * s(y_i)`` in both retrieval directions where pair i is the positive. ``margin_of: authors``
+reproduces the authors' broadcasts: cell (i, j) of the clean hinge has margin
+``m * s(w_i + (1 - w_i) p_j)``, cell (i, j) of the noisy hinge ``m * s(y_i)``, in both directions.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from noisycorr.methods.coteaching import CoTeachingMethod
 from noisycorr.registry import register_method
 
 TARGETS = ("rectified", "consistency")
+MARGIN_OF = ("pair", "authors")
 
 
 def warmup_loss(scores: Tensor, margin: float, rate: float = 1.0) -> Tensor:
@@ -75,6 +81,7 @@ class NCR(CoTeachingMethod):
         p_threshold: float = 0.5  # clean if the clean probability is above this
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
+        margin_of: str = "pair"  # pair (each positive pair's own margin) | authors (their broadcasts, see above)
         noisy_start: float = 0.5  # the noisy subset joins from epoch floor(noisy_start * epochs) on; 1.0 = never
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
         confidence_top_fraction: float = 0.1  # p is divided by the mean of the top floor(B * this) + 1 values
@@ -84,6 +91,11 @@ class NCR(CoTeachingMethod):
             raise InputError("method.confidence_top_fraction", "a value in [0, 1]", repr(cfg.confidence_top_fraction))
         if cfg.soft_margin not in SOFT_MARGINS:
             raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
+        if cfg.margin_of not in MARGIN_OF:
+            raise InputError("method.margin_of", f"one of {list(MARGIN_OF)}", repr(cfg.margin_of))
+        if cfg.margin_of == "authors" and cfg.targets != "rectified":
+            expected = "pair with targets: consistency (authors is NCR's rectified loss)"
+            raise InputError("method.margin_of", expected, repr(cfg.margin_of))
         if cfg.targets not in TARGETS:
             raise InputError("method.targets", f"one of {list(TARGETS)}", repr(cfg.targets))
         if not 0.0 < cfg.warmup_rate <= 1.0:
@@ -137,13 +149,18 @@ class NCR(CoTeachingMethod):
             return
         peer = self.nets()[self.peer(phase)]
         w = self._peer_prob[self.peer(phase)][batch.index.cpu()].to(batch.images.device)
-        target = w + (1.0 - w) * self.predict(net, batch)
-        margin = soft_margin(target, self.cfg.margin, self.cfg.soft_margin)
+        p = self.predict(net, batch)
+        target = w + (1.0 - w) * p
+        authors = self.cfg.margin_of == "authors"
+        cell = w[:, None] + (1.0 - w[:, None]) * p[None, :] if authors else target  # (B, B): the authors'
+        margin = soft_margin(cell, self.cfg.margin, self.cfg.soft_margin)
         loss = triplet_loss(self._scores(net, batch), margin, hardest=True)
         yield {"clean": loss}, {"target_clean": float(target.mean())}
         if self._side_on(side, epoch):
             target_u = (self.predict(net, side) + self.predict(peer, side)) / 2
             margin_u = soft_margin(target_u, self.cfg.margin, self.cfg.soft_margin)
+            if authors:  # row i's margin in every cell: the negative image's in the caption-anchor direction
+                margin_u = margin_u[:, None].expand(-1, margin_u.shape[0])
             loss_u = triplet_loss(self._scores(net, side), margin_u, hardest=True)
             yield {"noisy": loss_u}, {"target_noisy": float(target_u.mean())}
 
