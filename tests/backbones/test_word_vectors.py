@@ -124,3 +124,33 @@ def test_npy_word_list_problems(tmp_path):
     (tmp_path / "emb.txt").write_text("a\ndog\ngrass\ncat\n", encoding="utf-8")
     with pytest.raises(InputError, match="vectors of size 5"):
         load_word_vectors(tmp_path / "emb.npy", VOCAB, dim=5)
+
+
+def test_glove_zip_as_downloaded_and_word2vec_text_inside_gzip(tmp_path):
+    import zipfile
+
+    text = tmp_path / "glove.840B.300d.txt"
+    write_glove(text, VECTORS.items())
+    archive = tmp_path / "glove.840B.300d.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.write(text, arcname="glove.840B.300d.txt")
+    text.unlink()
+    check_matrix(*load_word_vectors(archive, VOCAB, dim=3))
+    w2v = tmp_path / "vectors.w2v.txt.gz"  # word2vec text format: a "count dim" header line
+    write_glove(w2v, VECTORS.items(), header="4 3", opener=gzip.open)
+    check_matrix(*load_word_vectors(w2v, VOCAB, dim=3))
+
+
+def test_zip_with_several_files_or_damaged_is_a_one_line_error(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.txt", "a 1 2 3\n")
+        zf.writestr("b.txt", "dog 1 2 3\n")
+    with pytest.raises(InputError, match=r"two.zip: expected a zip archive holding one word-vector text file, found 2"):
+        load_word_vectors(archive, VOCAB)
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="broken.zip: expected a zip archive"):
+        load_word_vectors(broken, VOCAB)

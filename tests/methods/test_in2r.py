@@ -371,3 +371,54 @@ def test_evaluation_does_not_depend_on_test_batch_size_or_order(tiny_test_split)
         torch.testing.assert_close(sims_p, sims[perm][:, cap_perm], rtol=0, atol=1e-5)
     shuffled_result = evaluate_method(m.backbones, shuffled, vocab, settings=EvalConfig(batch_size=5))
     assert shuffled_result["rsum"] == pytest.approx(results[0]["rsum"])
+
+
+# ------------------------------------------------------------------ initialisation and clipping (issue 16)
+
+
+def test_network_b_starts_as_a_copy_of_network_a_unless_init_b_is_independent():
+    copied = _in2r(dropout=0.3)
+    a, b = copied.net_a.state_dict(), copied.net_b.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(pa is not pb for pa, pb in zip(copied.net_a.parameters(), copied.net_b.parameters()))
+    independent = _in2r(dropout=0.3, init_b="independent")
+    a, b = independent.net_a.state_dict(), independent.net_b.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    # A and the refiners are the same either way (B is built from the same random draws)
+    for key, value in copied.state_dict().items():
+        if not key.startswith("net_b."):
+            assert torch.equal(value, independent.state_dict()[key]), key
+    with pytest.raises(InputError, match="method.init_b"):
+        _in2r(init_b="same")
+
+
+@pytest.mark.parametrize("clip_refiners", [False, True])
+def test_gradient_clipping_covers_the_encoders_but_not_the_refiners(clip_refiners):
+    from noisycorr.config import TrainConfig
+    from noisycorr.engine.optim import Optimizers, Stepper
+
+    m = _in2r(clip_refiners=clip_refiners)
+    refiner_ids = {id(p) for p in m.refiners.parameters()}
+    (spec,) = m.optimizer_specs()
+    assert {id(p) for p in spec.unclipped} == (set() if clip_refiners else refiner_ids)
+    clip = 1.0
+    train = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip=clip)
+    stepper = Stepper(Optimizers(m, train), torch.amp.GradScaler("cpu", enabled=False), clip)
+    g = torch.Generator().manual_seed(0)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    grads = {n: 10 * torch.randn(p.shape, generator=g) for n, p in m.named_parameters()}
+    stepper.zero_grad()
+    for n, p in m.named_parameters():  # hand-made gradients, every one far above the clip norm
+        p.grad = grads[n].clone()
+    stepper.step("main")
+    steps = {n: before[n] - p.detach() for n, p in m.named_parameters()}  # SGD, lr 1: the used gradient
+    refiners = [n for n in steps if n.startswith("refiners.")]
+    encoders = [n for n in steps if n.startswith(("net_a.", "net_b."))]
+    assert refiners and encoders and len(refiners) + len(encoders) == len(steps)
+    norm = lambda names: torch.sqrt(sum(steps[n].pow(2).sum() for n in names))  # noqa: E731
+    if clip_refiners:  # one norm over everything
+        assert float(norm(encoders + refiners)) == pytest.approx(clip, rel=1e-4)
+    else:  # the authors': the encoders' norm is clipped, the refiners step with their raw gradients
+        assert float(norm(encoders)) == pytest.approx(clip, rel=1e-4)
+        for n in refiners:
+            torch.testing.assert_close(steps[n], grads[n])

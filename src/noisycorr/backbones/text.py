@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import IO
 
@@ -101,9 +103,10 @@ def load_word_vectors(
     """Build an embedding matrix for a vocabulary from pretrained vectors.
 
     Formats:
-        - text (GloVe, optionally ``.gz``): ``word v1 ... vD`` per line; a word2vec-style header line
-          ``count dim`` is skipped. Rows with more than D+1 fields are multi-word tokens (GloVe 840B has a
-          few); they can only match a vocabulary word that contains spaces.
+        - text (GloVe, optionally ``.gz``, or ``.zip`` holding one text file as the GloVe downloads
+          do): ``word v1 ... vD`` per line; a word2vec text-format header line ``count dim`` is
+          skipped. Rows with more than D+1 fields are multi-word tokens (GloVe 840B has a few); they
+          can only match a vocabulary word that contains spaces.
         - ``.npy``: an (N, D) matrix next to a word list ``<stem>.txt`` or ``<stem>.vocab`` (one word a line).
 
     Words of the vocabulary that the file lacks get U(-0.1, 0.1) rows (torch's default generator).
@@ -164,6 +167,15 @@ def _read_npy(path: Path, word2idx: dict[str, int], dim: int | None) -> tuple[di
 def _open_text(path: Path) -> IO[str]:
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    if path.suffix == ".zip":  # as distributed, e.g. glove.840B.300d.zip: one text file inside
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [n for n in archive.namelist() if not n.endswith("/")]
+                if len(members) != 1:
+                    raise InputError(path, "a zip archive holding one word-vector text file", f"{len(members)} files")
+                return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8", errors="replace")
+        except zipfile.BadZipFile:
+            raise InputError(path, "a zip archive", "an unreadable file") from None
     return open(path, encoding="utf-8", errors="replace")
 
 

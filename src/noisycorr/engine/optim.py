@@ -85,6 +85,13 @@ class Optimizers:
             for n, s in self.specs.items()
         }
         self.params = {n: [p for g in o.param_groups for p in g["params"]] for n, o in self.torch.items()}
+        # What gradient clipping covers: each optimiser's parameters less its spec's ``unclipped``.
+        self.clipped: dict[str, list[torch.nn.Parameter]] = {}
+        for n, params in self.params.items():
+            skip = {id(p) for p in self.specs[n].unclipped}
+            if not skip <= {id(p) for p in params}:
+                raise RuntimeError(f"optimiser {n!r}: an unclipped parameter is not among its parameters")
+            self.clipped[n] = [p for p in params if id(p) not in skip]
 
     def names(self) -> list[str]:
         return list(self.torch)
@@ -158,7 +165,7 @@ class Stepper:
             opt = self.optimizers.torch[n]
             if self.grad_clip > 0:
                 self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.optimizers.params[n], self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.optimizers.clipped[n], self.grad_clip)
             self.scaler.step(opt)
         self.scaler.update()
 

@@ -33,7 +33,7 @@ def load_run(
                        (paths.best, "the best weights of a run"), (paths.state, "the training checkpoint of a run")):
         check_readable(path, what=what)
     vocab = Vocabulary.from_json(paths.root / "vocab.json")
-    method = build_method(cfg, vocab, _image_shape(paths))
+    method = build_method(cfg, vocab, _image_shape(paths), pretrained_words=False)  # weights loaded below
     if weights == "last":
         load_last_weights(method, paths.state)
     else:

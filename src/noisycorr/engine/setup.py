@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,9 +114,33 @@ def make_noise(cfg: Config, train: PrecompSplit) -> tuple[np.ndarray | None, Noi
     return index, info
 
 
+GLOVE_SOURCE = "GloVe 840B 300d, glove.840B.300d.txt or .zip from https://nlp.stanford.edu/projects/glove/"
+
+
+def word_vectors_file(model: Any) -> Path | None:
+    """``model.word_vectors`` as a path; None when unset, ``null`` or ``none`` (random word embeddings).
+
+    Raises:
+        InputError: the named file does not exist (the IN2R paper presets name GloVe 840B).
+    """
+    value = getattr(model, "word_vectors", None)
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InputError(
+            "model.word_vectors",
+            f"the word-vector file {value} ({GLOVE_SOURCE}; point at it with --set model.word_vectors=PATH, "
+            "or train from random word embeddings with --set model.word_vectors=none)",
+            "no such file",
+        )
+    return path
+
+
 def prepare_data(cfg: Config, *, with_test: bool = True) -> PreparedData:
     """Load and validate the splits, vocabulary and noise of ``cfg``; writes nothing but the data cache."""
     root = data_root(cfg)
+    word_vectors_file(cfg.model)  # a missing file is refused before the noise file is written
     cpi = cfg.data.captions_per_image
     train = load_precomp(root, cfg.data.train_split, features=cfg.data.features, captions_per_image=cpi)
     val = load_precomp(root, cfg.data.val_split, features=cfg.data.features, captions_per_image=cpi)
@@ -150,18 +175,23 @@ def noise_record(data: PreparedData) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(data.noise).items()}
 
 
-def build_method(cfg: Config, vocab: Vocabulary, image_shape: tuple[int, ...]) -> Method:
+def build_method(
+    cfg: Config, vocab: Vocabulary, image_shape: tuple[int, ...], *, pretrained_words: bool = True
+) -> Method:
     """Instantiate the configured method over freshly built backbones (word vectors loaded once).
 
     Args:
         image_shape: the shape of one image's features, (R, D) regions or (D,) pooled.
+        pretrained_words: False skips ``model.word_vectors`` (the caller loads trained weights over
+            the embeddings anyway, e.g. a finished run).
     """
     m = cfg.model
     word_vectors = None
-    if getattr(m, "word_vectors", None):
+    path = word_vectors_file(m) if pretrained_words else None
+    if path is not None:
         from noisycorr.backbones.text import load_word_vectors
 
-        word_vectors, _ = load_word_vectors(Path(m.word_vectors).expanduser(), vocab.word2idx, m.word_dim)
+        word_vectors, _ = load_word_vectors(path, vocab.word2idx, m.word_dim)
     backbone_cls = get_backbone_class(m.backbone)
     method_values = dict(cfg.method)
     cls = get_method_class(str(method_values.pop("name")))

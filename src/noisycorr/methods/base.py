@@ -119,6 +119,8 @@ class OptimizerSpec:
         optimizer: ``adam`` | ``adamw`` | ``sgd``; None takes ``train.optimizer``.
         weight_decay: None takes ``train.weight_decay``.
         schedule: ``step`` | ``constant`` | ``cosine``; None takes ``train.schedule``.
+        unclipped: parameters of ``params`` that ``train.grad_clip`` leaves alone: the gradient norm
+            is computed and clipped over the others only (IN2R clips its encoders, not its refiners).
     """
 
     name: str
@@ -127,6 +129,7 @@ class OptimizerSpec:
     optimizer: str | None = None
     weight_decay: float | None = None
     schedule: str | None = None
+    unclipped: list[Any] = field(default_factory=list)
 
 
 class Method(nn.Module):

@@ -26,7 +26,20 @@ on B's split and B on A's (co-teaching), in one optimiser step per batch that su
 
 Evaluation averages the similarity matrices of both networks.
 
+As in the authors' code, network B starts as a copy of network A's weights (``init_b: copy``;
+``independent`` builds each from its own random draws, as NCR's authors do), and ``train.grad_clip``
+clips the gradient norm of the encoders only, not of the refiners (``clip_refiners: true`` clips
+everything together).
+
 Documented differences from the authors' code:
+
+- The split statistic (NCR's per-sample mean-negative hinge) is computed on the stored features as
+  they are: no region drop, no token augmentation, no batch-mean centring, in batches fixed by the
+  run seed (``ctx.per_sample``), so a split does not depend on the loader's shuffling. The authors
+  compute it in eval mode but with their training loader (shuffled, region drop and shuffle, token
+  masking/replacement/deletion) and batch-centred embeddings (``eval_train`` in co_train.py on the
+  ``warmup`` loader of data.py; ``forward_emb`` in vse.py), so their statistic is noisier from epoch
+  to epoch. Their variant is not offered: the engine's per-sample pass has no augmentation.
 
 - No batch-mean centring of the embeddings, in training or evaluation: evaluation does not depend on
   the composition of the test batches (the backbone computes every embedding on its own).
@@ -64,7 +77,7 @@ from noisycorr.data.dataset import PairBatch
 from noisycorr.distributed import gather_rows
 from noisycorr.errors import InputError
 from noisycorr.losses import SOFT_MARGINS, rce_infonce_loss, soft_margin, triplet_loss
-from noisycorr.methods.base import Phase, StepOutput
+from noisycorr.methods.base import OptimizerSpec, Phase, StepOutput
 from noisycorr.methods.consistency import ConsistencyLabeler, ConsistencyOptions
 from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
@@ -73,6 +86,8 @@ from noisycorr.registry import register_method
 from noisycorr.selection import ESTIMATORS
 
 __all__ = ["IN2R", "GraphRefiner", "PairMemory", "nearest_neighbours"]
+
+INIT_B = ("copy", "independent")  # method.init_b: how network B's weights start
 
 
 
@@ -153,6 +168,8 @@ class IN2R(CoTeachingMethod):
         rectify_weight: float = 0.5  # weight of each direction's rectification loss (authors' value)
         targets: str = "hinge"  # hinge (IN2R) | consistency: BiCro++'s soft labels set the clean hinge's margins
         soft_margin: str = "exponential"  # with targets: consistency, NCR's margin function of the label
+        init_b: str = "copy"  # copy: network B starts as A's weights (authors' co_train.py) | independent
+        clip_refiners: bool = False  # False: train.grad_clip covers the encoders only (authors); True: all
 
     knn_chunk = 16384  # memory rows per block of the torch neighbour search
 
@@ -169,7 +186,11 @@ class IN2R(CoTeachingMethod):
             raise InputError("method.targets", "one of ['hinge', 'consistency']", repr(cfg.targets))
         if cfg.soft_margin not in SOFT_MARGINS:
             raise InputError("method.soft_margin", f"one of {sorted(SOFT_MARGINS)}", repr(cfg.soft_margin))
+        if cfg.init_b not in INIT_B:
+            raise InputError("method.init_b", f"one of {list(INIT_B)}", repr(cfg.init_b))
         super().__init__(cfg, build_backbone)
+        if cfg.init_b == "copy":  # B is still built (same random draws either way), then takes A's weights
+            self.net_b.load_state_dict(self.net_a.state_dict())
         if cfg.targets == "consistency":
             self.labeler = ConsistencyLabeler(cfg)
         dim = getattr(self.net_a, "embed_size", None)
@@ -191,6 +212,14 @@ class IN2R(CoTeachingMethod):
         )
         # Per training network: its enqueue threshold this epoch (the mean w of the subset it trains on).
         self._enqueue_threshold: dict[str, float] = {}
+
+    def optimizer_specs(self) -> list[OptimizerSpec]:
+        """One optimiser over every parameter; the refiners are left out of gradient clipping unless
+        ``clip_refiners`` (the authors clip ``net.params``, the two encoders, only)."""
+        (spec,) = super().optimizer_specs()
+        if not self.cfg.clip_refiners:
+            spec.unclipped = [p for p in self.refiners.parameters() if p.requires_grad]
+        return [spec]
 
     # ---------------------------------------------------------------- epoch hooks
 
