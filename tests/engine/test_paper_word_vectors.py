@@ -72,3 +72,16 @@ def test_a_glove_file_given_on_the_command_line_fills_both_networks(tmp_path):
         emb = net.text.embed.weight.detach()
         torch.testing.assert_close(emb[vocab.word2idx["dog"]], torch.tensor([0.5, -1.25, 3.0]))
         torch.testing.assert_close(emb[vocab.word2idx["grass"]], torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_a_finished_run_is_evaluated_without_its_word_vector_file(tiny_root, tmp_path):
+    from noisycorr.engine.runs import evaluate_run
+    from noisycorr.engine.trainer import train
+
+    glove = tmp_path / "small.txt"
+    glove.write_text("dog " + " ".join(["0.5"] * 16) + "\n", encoding="utf-8")
+    cfg = load_config("demo", tiny_overrides(tiny_root, tmp_path / "run", **{
+        "train.epochs": 1, "model.word_vectors": str(glove)}))
+    result = train(cfg)
+    glove.unlink()  # the trained embeddings are in the run's weights
+    assert evaluate_run(tmp_path / "run")["rsum"] == pytest.approx(result["test"]["rsum"])
