@@ -3,7 +3,11 @@
 Runs every (method, rate, seed) one after the other in this process (each run is what
 ``noisycorr train -c wiki-METHOD --set noise.rate=R --set train.seed=S --out OUT/METHOD-rR-sS`` does),
 skips finished runs, resumes interrupted ones, and prints a JSON table of the test mAP (mean and
-spread over the seeds). Example:
+spread over the seeds). Each row names its protocol, for the presets differ: ``wiki-mrl`` draws the
+label noise per modality as MRL does (so does ``wiki-ce``, its CE ablation), ``wiki-nirnl`` per pair
+as NIRNL does; all validate on 231 held-out training items with noisy labels. To compare every
+method under one protocol, add ``--set noise.scope=per_pair`` (or ``per_modality``), and ``--set data.val=test_head``
+for the authors' validation (the first 231 test items, clean labels). Example:
 
     OMP_NUM_THREADS=1 python benchmarks/bench_labels_wiki.py --out runs/wiki-labels \
         --methods ce mrl nirnl --rates 0.0 0.2 0.4 0.6 0.8 --seeds 0 1
@@ -26,8 +30,25 @@ def run_dir(out: Path, method: str, rate: float, seed: int) -> Path:
     return out / f"{method}-r{rate:g}-s{seed}"
 
 
+def protocol(results: list[dict]) -> dict[str, str]:
+    """The protocol of a cell, from its runs' ``results.json``: how the label noise was drawn
+    (``per_pair`` for NIRNL, ``per_modality`` for MRL) and where validation came from (``train``:
+    held-out training items with noisy labels; ``test_head``: the authors' first test items, clean).
+    A cell whose seeds disagree says ``mixed``: its figures are not one protocol's."""
+    out = {}
+    for key, values in (
+        ("noise_scope", {r["noise"].get("scope", "?") for r in results}),
+        ("val", {r["split"].get("val", "?") for r in results}),
+    ):
+        out[key] = values.pop() if len(values) == 1 else "mixed"
+    return out
+
+
 def summarise(out: Path, methods: list[str], rates: list[float], seeds: list[int]) -> list[dict]:
-    """One row per (method, rate): test mAP per direction, mean over seeds and half the max-min spread."""
+    """One row per (method, rate): its protocol (noise scope, validation source), test mAP per
+    direction, mean over seeds and half the max-min spread. MRL's preset draws its noise per
+    modality and NIRNL's per pair: compare them across rows only with the protocol in view, or run
+    both under one (``--set noise.scope=per_pair``)."""
     rows = []
     for method in methods:
         for rate in rates:
@@ -35,7 +56,7 @@ def summarise(out: Path, methods: list[str], rates: list[float], seeds: list[int
             res = [json.loads(p.read_text()) for p in found if p.is_file()]
             if not res:
                 continue
-            row: dict = {"method": method, "rate": rate, "seeds": len(res)}
+            row: dict = {"method": method, "rate": rate, "seeds": len(res), **protocol(res)}
             for key in ("i2t_map", "t2i_map", "avg_map"):
                 vals = np.array([r["test"][key] for r in res])
                 row[key] = round(float(vals.mean()), 4)

@@ -44,7 +44,7 @@ def test_short_training_run_per_method(tiny_npz: Path, tmp_path: Path, method: s
     assert test["avg_map"] > 0.5
     noise = json.loads((out / "noise.json").read_text())
     assert noise["checksum"] == label_checksum(np.load(out / "noisy_labels.npy"))
-    assert 0.2 < noise["realised_rate_pair"] < 0.4
+    assert 0.2 < noise["realised_rate_image"] < 0.4  # per pair (nirnl) or per modality (mrl, ce): one draw each
     assert results == json.loads((out / "results.json").read_text())
 
 
@@ -175,6 +175,55 @@ def test_wikipedia_preset_prepares_the_real_benchmark(wiki_mat: Path, tmp_path: 
     assert abs(val_changed - prep.noise_record["realised_rate_pair"]) < 0.1  # validation is noisy like train
     assert abs(prep.noise_record["realised_rate_pair"] - 0.6 * 0.9) < 0.03
     assert abs(float(prep.train.images.mean())) < 1e-4  # z-scored with the training statistics
+
+
+# mutant killed: wiki-mrl's noise.scope back to per_pair
+# mutant killed: make_label_noise's second modality a copy of the first under per_modality
+def test_mrl_preset_corrupts_the_two_modalities_independently(wiki_mat: Path) -> None:
+    """MRL (penghu-cs/MRL src/noisydataset.py:160-176) draws each view's noisy labels on its own:
+    on the real Wikipedia file at 0.6, image and text are each changed at about 0.6 * 0.9, and
+    both at once only by chance (about 0.54 ** 2), so a pair has some noisy label at about 0.79;
+    NIRNL's preset keeps one draw per pair."""
+    from noisycorr.engine.labels import prepare_labeled
+
+    prep = prepare_labeled(load_labeled_config("wiki-mrl", [f"data.root={wiki_mat}", "noise.rate=0.6"]))
+    assert prep.noise_record["scope"] == "per_modality"
+    clean = prep.data.train.labels
+    changed = (prep.noisy != clean[None]).any(-1)  # (2, N): image, text
+    rate_img, rate_txt = changed.mean(1)
+    assert abs(rate_img - 0.54) < 0.03 and abs(rate_txt - 0.54) < 0.03
+    assert abs((changed[0] & changed[1]).mean() - rate_img * rate_txt) < 0.03
+    assert (changed[0] != changed[1]).mean() > 0.4
+    assert abs(prep.noise_record["realised_rate_pair"] - (1 - (1 - rate_img) * (1 - rate_txt))) < 0.03
+    nirnl = prepare_labeled(load_labeled_config("wiki-nirnl", [f"data.root={wiki_mat}", "noise.rate=0.6"]))
+    np.testing.assert_array_equal(nirnl.noisy[0], nirnl.noisy[1])
+
+
+# mutant killed: test_head carves the validation items out of the training split
+# mutant killed: test_head validation keeps its items in the test split too
+# mutant killed: validation under test_head scored with noisy labels (val_noisy not None for test_head)
+@pytest.mark.parametrize("preset", ["wiki-mrl", "wiki-nirnl"])
+def test_authors_validation_is_the_first_231_clean_test_items(wiki_mat: Path, preset: str) -> None:
+    """``data.val=test_head`` (the MRL / NIRNL authors' protocol): validation is the first 231 test
+    items with the file's clean labels, the test split the other 462, and training keeps all 2173
+    items (with their noisy labels); selection scores validation with the clean labels."""
+    import torch
+
+    from noisycorr.engine.labels import build_labeled_method, prepare_labeled, validate
+
+    cfg = load_labeled_config(preset, [f"data.root={wiki_mat}", "noise.rate=0.6", "data.val=test_head"])
+    prep = prepare_labeled(cfg)
+    assert prep.plan.source == "test_head"
+    assert (len(prep.train), len(prep.val), len(prep.test)) == (2173, 231, 693 - 231)
+    np.testing.assert_array_equal(prep.plan.train_index, np.arange(2173))
+    np.testing.assert_array_equal(prep.val.labels, prep.data.test.labels[:231])
+    np.testing.assert_array_equal(prep.test.labels, prep.data.test.labels[231:])
+    assert prep.val_noisy is None and prep.train_noisy.shape == (2, 2173, 10)
+    torch.manual_seed(0)
+    method = build_labeled_method(cfg, prep.train.images.shape[1], prep.train.texts.shape[1], 10)
+    val = validate(cfg, method, prep, torch.device("cpu"))
+    assert cfg.eval.val_labels == "noisy"  # the preset's setting: there are no noisy labels to use here
+    assert val["avg_map"] == val["clean_avg_map"]
 
 
 @pytest.mark.slow

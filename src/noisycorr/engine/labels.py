@@ -19,7 +19,9 @@ subset of the training split *after* the noise is drawn, so the validation items
 like the rest, and model selection uses those noisy labels (``eval.val_labels: noisy``), since clean
 labels are unknown in practice. ``eval.val_labels: clean`` selects on the file's labels instead (an
 oracle, for diagnostics). The validation mAP under the file's labels is logged as
-``val_clean_avg_map`` either way; it never drives anything.
+``val_clean_avg_map`` either way; it never drives anything. ``data.val: test_head`` is the MRL /
+NIRNL authors' protocol: the first ``data.val_size`` test items validate with their clean labels,
+training keeps every training item and the test split keeps the rest.
 """
 
 from __future__ import annotations
