@@ -144,11 +144,17 @@ def _epochs_with_noisy_stream(ncr: NCR, ctx: FakeEpochContext) -> list[int]:
 # mutant killed: peer_phases(with_side=True) (noisy subset always on)
 # mutant killed: noisy_from_epoch assignment removed from on_epoch_start (noisy_start ignored, stays 0)
 # mutant killed: noisy_from_epoch = int(0.5 * ctx.epochs) (the Config's noisy_start ignored)
-@pytest.mark.parametrize("noisy_start,first", [(0.5, 5), (0.75, 7), (1.0, None)])
-def test_noisy_subset_joins_at_noisy_start_times_epochs(noisy_start, first):
-    """Driven through ``on_epoch_start`` with a 10-epoch context: the noisy stream is in the phases
-    from epoch floor(noisy_start * 10) on, never before (1.0: never)."""
-    ncr = _ncr(warmup_epochs=2, noisy_start=noisy_start)
+# mutant killed: epoch_at ignores epoch_counting (always counts after the warm-up, or always from 0)
+@pytest.mark.parametrize(
+    "noisy_start,counting,first",
+    [(0.5, "run", 5), (0.75, "run", 7), (1.0, "run", None), (0.5, "co_training", 6), (0.75, "co_training", 8),
+     (1.0, "co_training", None)],
+)
+def test_noisy_subset_joins_at_noisy_start_times_epochs(noisy_start, counting, first):
+    """Driven through ``on_epoch_start`` with a 10-epoch context and 2 warm-up epochs: the noisy
+    stream is in the phases from epoch floor(noisy_start * 10) on with ``run`` counting, from
+    2 + floor(noisy_start * 8) with ``co_training`` counting (the authors'), never before (1.0: never)."""
+    ncr = _ncr(warmup_epochs=2, noisy_start=noisy_start, epoch_counting=counting)
     ctx = FakeEpochContext(epochs=10, n_samples=N)
     assert isinstance(ctx, EpochContext)
     expected = [] if first is None else list(range(first, 10))
@@ -159,7 +165,7 @@ def test_noisy_subset_joins_at_noisy_start_times_epochs(noisy_start, first):
 # mutant killed: `epoch >= self.noisy_from_epoch and` dropped from training_step's noisy branch
 def test_training_step_ignores_a_noisy_batch_before_noisy_start():
     """Even when handed a noisy batch, the step trains on it only from floor(noisy_start * epochs) on."""
-    ncr = _ncr(warmup_epochs=2, noisy_start=0.5)
+    ncr = _ncr(warmup_epochs=2, noisy_start=0.5, epoch_counting="run")
     ctx = FakeEpochContext(epochs=10, n_samples=N)
     names = {}
     for epoch in (4, 5):

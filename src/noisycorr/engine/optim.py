@@ -19,18 +19,21 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "constant", "cosine")
 
 
-def schedule_factor(train: TrainConfig, schedule: str, epoch: int) -> float:
-    """Learning-rate multiplier of ``epoch``.
+def schedule_factor(train: TrainConfig, schedule: str, epoch: int, *, start: int = 0) -> float:
+    """Learning-rate multiplier of the run's ``epoch`` for a schedule that counts from epoch ``start``.
 
-    ``step``: ``lr_decay ** (epoch // lr_update)``; ``constant``: 1; ``cosine``:
-    ``(1 + cos(pi * epoch / epochs)) / 2``.
+    With ``e = max(epoch - start, 0)`` (the epochs before ``start``, e.g. a warm-up that the
+    authors run before their epoch counter starts, take the schedule's first value) and
+    ``n = epochs - start``: ``step``: ``lr_decay ** (e // lr_update)``; ``constant``: 1;
+    ``cosine``: ``(1 + cos(pi * e / n)) / 2``.
     """
+    e = max(epoch - start, 0)
     if schedule == "step":
-        return train.lr_decay ** (epoch // max(train.lr_update, 1))
+        return train.lr_decay ** (e // max(train.lr_update, 1))
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(train.epochs, 1)))
+        return 0.5 * (1.0 + math.cos(math.pi * e / max(train.epochs - start, 1)))
     raise InputError("train.schedule", f"one of {', '.join(SCHEDULES)}", repr(schedule))
 
 
@@ -55,11 +58,13 @@ def _spec_params(spec: OptimizerSpec) -> Iterable[torch.nn.Parameter]:
 class Optimizers:
     """The method's named optimisers built from its :class:`OptimizerSpec` list.
 
-    Every trainable parameter of the method must belong to exactly one spec.
+    Every trainable parameter of the method must belong to exactly one spec. The learning-rate
+    schedules count from the method's :meth:`~noisycorr.methods.base.Method.schedule_start`.
     """
 
     def __init__(self, method: Method, train: TrainConfig):
         self.train = train
+        self.start = max(int(method.schedule_start()), 0)
         self.specs = {spec.name: spec for spec in method.optimizer_specs()}
         if not self.specs:
             raise RuntimeError(f"{type(method).__name__}.optimizer_specs() returned no optimiser")
@@ -101,7 +106,7 @@ class Optimizers:
         out = {}
         for name, opt in self.torch.items():
             schedule = self.specs[name].schedule or self.train.schedule
-            lr = self.base_lr[name] * schedule_factor(self.train, schedule, epoch)
+            lr = self.base_lr[name] * schedule_factor(self.train, schedule, epoch, start=self.start)
             for group in opt.param_groups:
                 group["lr"] = lr
             out["lr" if name == "main" else f"lr_{name}"] = lr

@@ -24,6 +24,9 @@ What the engine asks besides (each has a default):
   optimiser kind, weight decay, schedule). Default: one ``"main"`` over every trainable parameter.
   Every trainable parameter belongs to exactly one spec; frozen ones (``requires_grad=False``, e.g.
   a distillation teacher) to none. All optimiser states are saved in the checkpoint.
+- ``schedule_start()``: the run epoch from which the learning-rate schedules count (default 0). A
+  method whose authors run a warm-up *before* their epoch counter starts (NCR, IN2R) returns the
+  warm-up length: the warm-up runs at the base lr and ``train.lr_update`` counts the epochs after it.
 - ``manual_optimization = True``: the engine no longer backpropagates or steps; ``training_step``
   gets ``control=`` (:class:`~noisycorr.methods.context.StepControl`: ``backward``, ``step(name)``,
   ``zero_grad``, ``optimizer(name)``, ``lr(name)``) and returns the losses only to be logged. This is
@@ -170,6 +173,14 @@ class Method(nn.Module):
     def optimizer_specs(self) -> list[OptimizerSpec]:
         """The optimisers to build (default: one ``main`` over every trainable parameter)."""
         return [OptimizerSpec("main", [p for p in self.parameters() if p.requires_grad])]
+
+    def schedule_start(self) -> int:
+        """The run epoch from which the learning-rate schedules count (default 0: the first).
+
+        Epoch ``e >= start`` gets the schedule's value of ``e - start``; the epochs before ``start``
+        get its first value (see :func:`noisycorr.engine.optim.schedule_factor`).
+        """
+        return 0
 
     def eval_backbones(self) -> list[Backbone]:
         """The networks whose similarities are combined at evaluation (default: every backbone)."""

@@ -7,6 +7,14 @@ split at a threshold (:mod:`noisycorr.selection`). Network X then trains on the 
 peer (co-teaching): the peer's clean subset is the main stream of X's phase, its noisy subset the
 ``noisy`` stream. The selections are published in ``self.selections`` for the diagnostics.
 
+Epoch counting (``epoch_counting`` of the Config): the authors of NCR, BiCro and IN2R run
+``warmup_epoch`` epochs and *then* ``num_epochs`` epochs, and their learning-rate step and NCR's
+``epoch >= num_epochs // 2`` count the co-training epochs from 0. With ``co_training`` (the default)
+we do the same inside one run of ``train.epochs`` = warm-up + co-training epochs: the lr schedule
+starts at the end of the warm-up (:meth:`schedule_start`) and fractions of training are fractions
+of the co-training epochs (:meth:`epoch_at`). ``run`` counts both from the run's first
+epoch, warm-up included (how our flickr-dev presets were measured).
+
 A method whose targets are BiCro's consistency labels (:mod:`noisycorr.methods.consistency`) sets
 ``self.labeler``; the split pass then also refreshes its codebooks, :meth:`consistency_targets`
 computes the labels of a batch from the peer's view, and the anchors picked during an epoch are
@@ -25,21 +33,26 @@ from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.distributed import any_across_ranks
+from noisycorr.errors import InputError
 from noisycorr.losses import match_confidence
 from noisycorr.methods.base import Method, Phase
 from noisycorr.methods.consistency import ConsistencyLabeler, pass_with_embeddings, peer_view
 from noisycorr.methods.context import EpochContext
 from noisycorr.selection import Selection, clean_probability, split_clean
 
+EPOCH_COUNTING = ("co_training", "run")  # method.epoch_counting: where the lr schedule and noisy_start count from
+
 
 class CoTeachingMethod(Method):
     """Base of the two-network methods: networks ``net_a`` / ``net_b``, splits, peer phases.
 
-    The subclass's ``Config`` must have ``margin``, ``warmup_epochs``, ``estimator``, ``monotone``,
-    ``p_threshold``, ``min_noisy_fraction`` and ``pass_batch_size``.
+    The subclass's ``Config`` must have ``margin``, ``warmup_epochs``, ``epoch_counting``,
+    ``estimator``, ``monotone``, ``p_threshold``, ``min_noisy_fraction`` and ``pass_batch_size``.
     """
 
     def __init__(self, cfg: Any, build_backbone: Callable[[], Backbone]):
+        if cfg.epoch_counting not in EPOCH_COUNTING:
+            raise InputError("method.epoch_counting", f"one of {list(EPOCH_COUNTING)}", repr(cfg.epoch_counting))
         super().__init__(cfg, build_backbone)
         self.net_a = build_backbone()
         self.net_b = build_backbone()
@@ -60,6 +73,18 @@ class CoTeachingMethod(Method):
     @staticmethod
     def peer(name: str) -> str:
         return "B" if name == "A" else "A"
+
+    def schedule_start(self) -> int:
+        """The lr schedule counts from the end of the warm-up (``epoch_counting: co_training``) or
+        from the run's first epoch (``run``)."""
+        return self.cfg.warmup_epochs if self.cfg.epoch_counting == "co_training" else 0
+
+    def epoch_at(self, fraction: float, epochs: int) -> int:
+        """The run epoch at ``fraction`` of training: with ``co_training`` counting,
+        ``warmup + floor(fraction * (epochs - warmup))`` (the authors' ``epoch >= num_epochs // 2`` for
+        0.5), with ``run`` counting ``floor(fraction * epochs)``."""
+        start = self.schedule_start()
+        return start + int(fraction * max(epochs - start, 0))
 
     def in_warmup(self, epoch: int) -> bool:
         """Whether ``epoch`` is a warm-up epoch; after it, the splits must have been fitted."""

@@ -24,7 +24,9 @@ on B's split and B on A's (co-teaching), in one optimiser step per batch that su
   Symmetrically, each noisy caption looks up its nearest memory captions and the images stored with
   them give a prototype image.
 
-Evaluation averages the similarity matrices of both networks.
+Evaluation averages the similarity matrices of both networks. As in the authors' co_train.py, the
+warm-up runs before the epoch counter of the learning-rate step starts (``epoch_counting:
+co_training``; ``train.epochs`` is the warm-up plus their ``num_epochs``).
 
 As in the authors' code, network B starts as a copy of network A's weights (``init_b: copy``;
 ``independent`` builds each from its own random draws, as NCR's authors do), and ``train.grad_clip``
@@ -152,6 +154,9 @@ class IN2R(CoTeachingMethod):
         intra_margin: float = 0.3  # hinge between two dropout views of the same images / captions
         temperature: float = 0.05  # of the contrastive (CE + reverse CE) losses
         warmup_epochs: int = 1  # contrastive warm-up on all pairs, each network alone
+        # co_training: the lr step counts the epochs after the warm-up, as the authors' co_train.py
+        # (train.epochs = warm-up + their num_epochs); run: it counts from the run's epoch 0
+        epoch_counting: str = "co_training"
         k: int = 5  # memory neighbours per noisy sample
         i2t: bool = True  # rectify noisy images (caption prototypes)
         t2i: bool = True  # rectify noisy captions (image prototypes)

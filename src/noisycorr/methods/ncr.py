@@ -11,6 +11,11 @@ confidence; a noisy pair's target is the mean confidence of both networks. A tar
 margin of the hardest-negative hinge (soft margin ``m * s(y)``), so a doubtful pair is pushed
 less. Noisy pairs join the training from mid-training on. Evaluation averages both networks.
 
+Epochs are counted as the authors do (``epoch_counting: co_training``): ``train.epochs`` is the
+warm-up plus their ``num_epochs``, and the learning-rate step and the noisy subset's start
+(``noisy_start`` x the co-training epochs, their ``epoch >= num_epochs // 2``) count the epochs
+after the warm-up (:class:`~noisycorr.methods.coteaching.CoTeachingMethod`).
+
 With ``targets: consistency`` the rectified targets are replaced by BiCro's bidirectional
 consistency labels (:mod:`noisycorr.methods.consistency`; with the default options, BiCro++'s
 purified anchors and hybrid codebook level): the plug-in mode in which BiCro++ drives NCR's
@@ -82,7 +87,10 @@ class NCR(CoTeachingMethod):
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
         margin_of: str = "pair"  # pair (each positive pair's own margin) | authors (their broadcasts, see above)
-        noisy_start: float = 0.5  # the noisy subset joins from epoch floor(noisy_start * epochs) on; 1.0 = never
+        noisy_start: float = 0.5  # the noisy subset joins at this fraction of the co-training epochs; 1.0 = never
+        # co_training: the lr schedule and noisy_start count the epochs after the warm-up, as the authors'
+        # co_train.py (train.epochs = warm-up + their num_epochs); run: both count from the run's epoch 0
+        epoch_counting: str = "co_training"
         pass_batch_size: int | None = None  # per-sample pass batch (default: the training batch size)
         confidence_top_fraction: float = 0.1  # p is divided by the mean of the top floor(B * this) + 1 values
 
@@ -106,7 +114,7 @@ class NCR(CoTeachingMethod):
         self.noisy_from_epoch = 0
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
-        self.noisy_from_epoch = int(self.cfg.noisy_start * ctx.epochs)
+        self.noisy_from_epoch = self.epoch_at(self.cfg.noisy_start, ctx.epochs)
         if epoch < self.cfg.warmup_epochs:
             self.selections = {}
             return {"warmup": 1.0}
