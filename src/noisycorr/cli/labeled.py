@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from noisycorr.config import load_config, read_preset_layers
-from noisycorr.data.paths import check_writable_dir
 from noisycorr.engine.labels import TASK, evaluate_labeled_run
 from noisycorr.engine.rundir import is_labeled_run
 from noisycorr.engine.trainer import train
@@ -61,7 +60,6 @@ def train_labeled_cli(
     if out:
         extra.append(f"run.out_dir={out}")
     cfg = load_config(preset_or_path, extra)
-    check_writable_dir(cfg.run.out_dir, what="the run folder (run.out_dir)")
     results = train(cfg, resume=resume)
     if not results:  # a rank other than 0 of a multi-process run: rank 0 reports
         return 0

@@ -12,8 +12,6 @@ from pathlib import Path
 from noisycorr.data.paths import check_writable_dir
 from noisycorr.errors import InputError
 
-RUN_FOLDER = "the run folder (run.out_dir)"
-
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="preset name (see `noisycorr presets`) or a YAML file")
@@ -48,7 +46,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_labeled_config(args.config):  # `task: labels`: the noisy-label setting
         return train_labeled_cli(args.config, args.overrides, method=args.method, out=args.out, resume=args.resume)
     cfg = _config(args)
-    check_writable_dir(cfg.run.out_dir, what=RUN_FOLDER)
     results = train(cfg, resume=args.resume)
     if not results:  # a rank other than 0 of a multi-process run: rank 0 reports
         return 0
