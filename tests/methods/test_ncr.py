@@ -6,6 +6,7 @@ import torch
 from method_helpers import FakeEpochContext, random_batch
 
 import noisycorr.methods.ncr as ncr_module
+from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.vse import VSE
 from noisycorr.errors import InputError
 from noisycorr.methods.context import EpochContext
@@ -355,3 +356,87 @@ def test_margin_of_is_checked():
         _ncr(margin_of="negative")
     with pytest.raises(InputError, match="margin_of"):
         _ncr(margin_of="authors", targets="consistency")
+
+
+# ------------------------------------------------------------------ confidence from the training forward
+
+
+class _ModeFree(Backbone):
+    """Mean region -> linear, mean word embedding -> linear: no dropout, no batch norm, so train and
+    eval mode compute the same scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.img = torch.nn.Linear(8, 16)
+        self.words = torch.nn.Embedding(30, 16)
+        self.txt = torch.nn.Linear(16, 16)
+
+    def encode_images(self, images):
+        return torch.nn.functional.normalize(self.img(images.mean(1)), dim=-1)
+
+    def encode_texts(self, tokens, lengths):
+        mask = (torch.arange(tokens.shape[1]) < lengths[:, None]).float()
+        mean = (self.words(tokens) * mask[..., None]).sum(1) / lengths[:, None]
+        return torch.nn.functional.normalize(self.txt(mean), dim=-1)
+
+    def similarity(self, img_emb, txt_emb, txt_lengths=None):
+        return img_emb @ txt_emb.t()
+
+
+def _count_similarity(monkeypatch) -> list[int]:
+    calls = []
+    real = VSE.similarity
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VSE, "similarity", counted)
+    return calls
+
+
+def _step_grads(confidence_from: str, with_side: bool) -> tuple[list[float], list[torch.Tensor]]:
+    torch.manual_seed(0)
+    # margin 2: every hinge is active on unit vectors, so p varies from pair to pair (not all 0)
+    ncr = NCR(NCR.Config(warmup_epochs=0, margin=2.0, confidence_from=confidence_from), _ModeFree)
+    _set_splits(ncr, N)
+    ncr.noisy_from_epoch = 0
+    ncr.train()
+    streams = {"noisy": _batch(8, offset=20)} if with_side else None
+    losses = []
+    for step_losses, _ in ncr.training_step(_batch(8), epoch=1, phase="A", streams=streams):
+        loss = sum(step_losses.values())
+        loss.backward()
+        losses.append(float(loss))
+    return losses, [p.grad.clone() for p in ncr.net_a.parameters() if p.grad is not None]
+
+
+# mutants killed (forward variant): p without the top-fraction normalisation; p from the transposed
+# scores; p from the scores with their rows reversed (another pair's confidence); an eval pass kept
+# beside the forward (the call count below)
+@pytest.mark.parametrize("with_side", [False, True])
+def test_confidence_from_forward_equals_the_eval_pass_when_train_and_eval_modes_agree(with_side):
+    """A backbone without mode-dependent layers: both variants give the same losses and gradients."""
+    losses_eval, grads_eval = _step_grads("eval_pass", with_side)
+    losses_fwd, grads_fwd = _step_grads("forward", with_side)
+    assert losses_fwd == pytest.approx(losses_eval, abs=1e-6)
+    assert len(grads_fwd) == len(grads_eval) > 0
+    for a, b in zip(grads_fwd, grads_eval, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_confidence_from_forward_scores_each_batch_once_per_network(monkeypatch):
+    calls = _count_similarity(monkeypatch)
+    for confidence_from, expected in (("eval_pass", 2 + 3), ("forward", 1 + 2)):
+        ncr = _ncr(warmup_epochs=0, confidence_from=confidence_from)
+        _set_splits(ncr, N)
+        ncr.noisy_from_epoch = 0
+        calls.clear()
+        list(ncr.training_step(_batch(8), epoch=1, phase="A", streams={"noisy": _batch(8, offset=20)}))
+        # clean batch: (eval pass +) forward; noisy batch: (eval pass +) forward + the peer's pass
+        assert len(calls) == expected, confidence_from
+
+
+def test_confidence_from_rejects_unknown_values():
+    with pytest.raises(InputError, match="method.confidence_from"):
+        _ncr(confidence_from="train")

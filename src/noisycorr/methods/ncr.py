@@ -52,6 +52,7 @@ from noisycorr.registry import register_method
 
 TARGETS = ("rectified", "consistency")
 MARGIN_OF = ("pair", "authors")
+CONFIDENCE_FROM = ("eval_pass", "forward")
 
 
 def warmup_loss(scores: Tensor, margin: float, rate: float = 1.0) -> Tensor:
@@ -87,6 +88,10 @@ class NCR(CoTeachingMethod):
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
         margin_of: str = "pair"  # pair (each positive pair's own margin) | authors (their broadcasts, see above)
+        # eval_pass: the training network's confidence p from a no-grad eval-mode pass, as the authors' predict;
+        # forward: from the training forward's own (detached) scores, one batch similarity per network and batch
+        # instead of two -- the same p when train and eval mode agree (no dropout, no batch norm), else close
+        confidence_from: str = "eval_pass"
         noisy_start: float = 0.5  # the noisy subset joins at this fraction of the co-training epochs; 1.0 = never
         # co_training: the lr schedule and noisy_start count the epochs after the warm-up, as the authors'
         # co_train.py (train.epochs = warm-up + their num_epochs); run: both count from the run's epoch 0
@@ -106,6 +111,8 @@ class NCR(CoTeachingMethod):
             raise InputError("method.margin_of", expected, repr(cfg.margin_of))
         if cfg.targets not in TARGETS:
             raise InputError("method.targets", f"one of {list(TARGETS)}", repr(cfg.targets))
+        if cfg.confidence_from not in CONFIDENCE_FROM:
+            raise InputError("method.confidence_from", f"one of {list(CONFIDENCE_FROM)}", repr(cfg.confidence_from))
         if not 0.0 < cfg.warmup_rate <= 1.0:
             raise InputError("method.warmup_rate", "a value in (0, 1]", repr(cfg.warmup_rate))
         super().__init__(cfg, build_backbone)
@@ -157,20 +164,31 @@ class NCR(CoTeachingMethod):
             return
         peer = self.nets()[self.peer(phase)]
         w = self._peer_prob[self.peer(phase)][batch.index.cpu()].to(batch.images.device)
-        p = self.predict(net, batch)
+        scores, p = self._scores_and_confidence(net, batch)
         target = w + (1.0 - w) * p
         authors = self.cfg.margin_of == "authors"
         cell = w[:, None] + (1.0 - w[:, None]) * p[None, :] if authors else target  # (B, B): the authors'
         margin = soft_margin(cell, self.cfg.margin, self.cfg.soft_margin)
-        loss = triplet_loss(self._scores(net, batch), margin, hardest=True)
+        loss = triplet_loss(scores, margin, hardest=True)
         yield {"clean": loss}, {"target_clean": float(target.mean())}
         if self._side_on(side, epoch):
-            target_u = (self.predict(net, side) + self.predict(peer, side)) / 2
+            scores_u, p_u = self._scores_and_confidence(net, side)
+            target_u = (p_u + self.predict(peer, side)) / 2
             margin_u = soft_margin(target_u, self.cfg.margin, self.cfg.soft_margin)
             if authors:  # row i's margin in every cell: the negative image's in the caption-anchor direction
                 margin_u = margin_u[:, None].expand(-1, margin_u.shape[0])
-            loss_u = triplet_loss(self._scores(net, side), margin_u, hardest=True)
+            loss_u = triplet_loss(scores_u, margin_u, hardest=True)
             yield {"noisy": loss_u}, {"target_noisy": float(target_u.mean())}
+
+    def _scores_and_confidence(self, net: Backbone, batch: PairBatch) -> tuple[Tensor, Tensor]:
+        """The training forward's (B, B) scores and the network's (B,) confidence p in each pair
+        (``confidence_from``: a separate eval-mode pass, or the detached scores themselves)."""
+        if self.cfg.confidence_from == "forward":
+            scores = self._scores(net, batch)
+            p = match_confidence(scores.detach(), self.cfg.margin, self.cfg.confidence_top_fraction)
+            return scores, p
+        p = self.predict(net, batch)
+        return self._scores(net, batch), p
 
     def _side_on(self, side: PairBatch | None, epoch: int) -> bool:
         return side is not None and epoch >= self.noisy_from_epoch and len(side) > 1
