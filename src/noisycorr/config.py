@@ -99,12 +99,26 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation protocol and memory bounds."""
+    """Evaluation protocol, memory bounds and how the pair similarities are computed.
+
+    ``mode: shortlist`` scores only a shortlist with the backbone's head (:mod:`noisycorr.eval.shortlist`):
+    the cosine of cheap global vectors picks each caption's ``shortlist_k`` best images and each image's
+    ``shortlist_k`` best captions, the head re-scores the union of those pairs, and every other pair
+    ranks below them (ordered by the cosine). It applies to backbones with a pairwise head (SGRAF);
+    VSE and global backbones, whose score already is a dot product of (B, D) embeddings, are evaluated
+    exactly. R@k equals exact evaluation's when the cosine shortlists hold every caption or image that
+    the head ranks in the top k; keep ``shortlist_k`` at or above the largest k reported (10). The head
+    scores about ``shortlist_k / n_images`` of the pairs, so the speed-up is roughly its inverse; how
+    much rSum is lost depends on how well the model's global vectors agree with its head (README,
+    "Evaluation: exact or shortlist").
+    """
 
     protocol: str = "single"  # single (whole split) | 1k | coco5fold1k | coco5k | cc152k
     batch_size: int = 256
     img_chunk: int = 1000
     txt_chunk: int = 1000
+    mode: str = "exact"  # exact (the head scores every pair) | shortlist (the head scores the top-K pairs)
+    shortlist_k: int = 50  # shortlist mode: candidates per image and per caption
 
 
 @dataclass
@@ -310,6 +324,7 @@ _RANGES_PAIRS = {
     "eval.batch_size": _AT_LEAST_ONE,
     "eval.img_chunk": _AT_LEAST_ONE,
     "eval.txt_chunk": _AT_LEAST_ONE,
+    "eval.shortlist_k": _AT_LEAST_ONE,
 }
 _RANGES_LABELS = {
     **_RANGES_COMMON,
@@ -322,6 +337,7 @@ _RANGES_LABELS = {
     "eval.chunk": _AT_LEAST_ONE,
 }
 _NOISE_PROTOCOLS = ("per_caption", "per_image")
+_EVAL_MODES = ("exact", "shortlist")
 
 
 def _range_text(kind: str, low: float, low_ok: bool, high: float | None, high_ok: bool) -> str:
@@ -349,6 +365,8 @@ def check_values(cfg: AnyConfig, source: str = "config") -> None:
     if isinstance(cfg, Config) and cfg.noise.protocol not in _NOISE_PROTOCOLS:
         raise InputError(source, f"one of {', '.join(_NOISE_PROTOCOLS)}", repr(cfg.noise.protocol),
                          where="noise.protocol")
+    if isinstance(cfg, Config) and cfg.eval.mode not in _EVAL_MODES:
+        raise InputError(source, f"one of {', '.join(_EVAL_MODES)}", repr(cfg.eval.mode), where="eval.mode")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

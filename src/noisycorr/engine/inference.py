@@ -16,6 +16,7 @@ from noisycorr.data.precomp import PrecompSplit
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.eval.protocols import evaluate_protocol
 from noisycorr.eval.retrieval import average_similarities
+from noisycorr.eval.shortlist import has_pairwise_head, shortlist_similarities
 
 
 def _pad_dim1(chunks: list[Tensor]) -> Tensor:
@@ -84,7 +85,9 @@ def evaluate_method(
     Each similarity block a protocol asks for is computed once per backbone and reused for the
     ensemble, so two-network methods cost two similarity passes, not three. ``vocab`` may be one
     vocabulary per backbone (ensembles of separately trained runs). ``settings`` gives the batch
-    size, the similarity block sizes and the default protocol; ``protocol`` overrides the latter.
+    size, the similarity block sizes, the default protocol (``protocol`` overrides it) and the mode:
+    ``shortlist`` scores the networks with a pairwise head on one shared shortlist per block
+    (:mod:`noisycorr.eval.shortlist`) and the others exactly.
     """
     settings = settings or EvalConfig()
     protocol = protocol or settings.protocol
@@ -97,13 +100,27 @@ def evaluate_method(
     n_img = encoded[0][0].shape[0]
     caption_image = np.arange(encoded[0][1].shape[0]) // split.captions_per_image
     memo: dict[tuple[int, int, int, int, int], Tensor] = {}
+    # Shortlist mode: the networks with a pairwise head share one shortlist per block; the others stay exact.
+    shortlisted = [
+        k for k, (img, txt, _) in enumerate(encoded) if settings.mode == "shortlist" and has_pairwise_head(img, txt)
+    ]
 
     def net_fn(k: int) -> Callable[[slice, slice], Tensor]:
         img, txt, lens = encoded[k]
 
         def fn(rows: slice, cols: slice) -> Tensor:
-            key = (k, rows.start or 0, rows.stop or n_img, cols.start or 0, cols.stop or len(caption_image))
-            if key not in memo:
+            block = (rows.start or 0, rows.stop or n_img, cols.start or 0, cols.stop or len(caption_image))
+            key = (k, *block)
+            if key in memo:
+                return memo[key]
+            if k in shortlisted:
+                nets = [encoded[j] for j in shortlisted]
+                sims = shortlist_similarities(
+                    [backbones[j] for j in shortlisted], [(i[rows], t[cols], n[cols]) for i, t, n in nets],
+                    settings.shortlist_k, chunk=max(img_chunk, txt_chunk),
+                )
+                memo.update({(j, *block): m for j, m in zip(shortlisted, sims, strict=True)})
+            else:
                 memo[key] = similarity_matrix(
                     backbones[k], img[rows], txt[cols], lens[cols], img_chunk=img_chunk, txt_chunk=txt_chunk
                 )

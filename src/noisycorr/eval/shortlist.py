@@ -1,0 +1,190 @@
+"""Shortlist evaluation: cheap global vectors pick the candidate pairs, the backbone's head scores only those.
+
+For a backbone whose score is an expensive pairwise head (SGRAF's SGR / SAF), scoring every image
+against every caption dominates evaluation. Here the cosine of one unit vector per image and per
+caption gives each caption its ``k`` best images and each image its ``k`` best captions; the union of
+those pairs is scored exactly, one image against its candidate captions per head call (SGRAF: its head
+with the self-attended global vectors computed once; another backbone: ``similarity``). The result is
+the usual (n_img, n_txt) matrix: shortlisted cells hold the exact scores, every other cell a value below
+the lowest of them, ordered among themselves by the cosine (so ranks past the shortlist are
+approximate, not ties broken by index). Memory: the cosine and the result, (n_img, n_txt) floats each,
+a bool mask of that shape, and one head call's block.
+
+The matrix equals the exact one in every shortlisted cell; the ranks of a query's candidates keep
+their exact order. A ground truth inside its query's shortlist moves up by the items the head ranks
+ahead of it that the shortlist left out; one outside ranks after every candidate. R@k is exact for
+each query whose shortlist holds the head's top k, given ``k <= shortlist_k``.
+
+The shortlist vectors are :meth:`Backbone.global_embeddings` (mean region, masked mean word). SGRAF's
+self-attended global vectors (``img_attn`` / ``txt_attn``) were measured against them on a flickr-dev
+SGRAF (6 epochs): neither recalled the head's top 10 much better than chance, nor better than the
+other, so the backbone-independent vectors are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from noisycorr.backbones.base import Backbone
+from noisycorr.backbones.ops import length_mask
+from noisycorr.backbones.sgraf import SGRAF
+from noisycorr.errors import InputError
+
+__all__ = ["global_vectors", "has_pairwise_head", "shortlist_mask", "shortlist_similarities"]
+
+Encoded = tuple[Tensor, Tensor, Tensor | None]
+# Elements of (captions x words x embed) per SGRAF head call, as SGRAF bounds its own sub-blocks.
+_SGRAF_BUDGET = {"cpu": 2**22, "cuda": 2**25}
+
+
+def has_pairwise_head(img_emb: Tensor, txt_emb: Tensor) -> bool:
+    """Whether a shortlist can save work: False when both sides are (B, D) vectors (VSE, global), whose
+    score is already their dot product, so exact evaluation costs no more than the shortlist's cosine."""
+    return img_emb.dim() > 2 or txt_emb.dim() > 2
+
+
+@torch.no_grad()
+def global_vectors(
+    backbone: Backbone, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Unit vectors that pick the shortlist: (n_img, ...), (n_txt, ...) ``encode_*`` outputs -> (n_img, d), (n_txt, d).
+
+    :meth:`Backbone.global_embeddings` (mean region, masked mean word), L2-normalised.
+    """
+    img, txt = backbone.global_embeddings(img_emb, txt_emb, txt_lengths)
+    return F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+
+
+@torch.no_grad()
+def shortlist_mask(cheap: Tensor, k: int, *, chunk: int = 1000) -> Tensor:
+    """The candidate pairs: each caption's top-``k`` images united with each image's top-``k`` captions.
+
+    Args:
+        cheap: (n_img, n_txt) cheap scores (higher is better).
+        k: candidates per query, clipped to the number of items.
+        chunk: rows / columns taken at a time.
+
+    Returns:
+        (n_img, n_txt) bool on the device of ``cheap``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError("shortlist_k", "a positive int", repr(k))
+    n_img, n_txt = cheap.shape
+    mask = torch.zeros(n_img, n_txt, dtype=torch.bool, device=cheap.device)
+    if n_img == 0 or n_txt == 0:
+        return mask
+    for i in range(0, n_img, chunk):
+        block = cheap[i : i + chunk]
+        top = block.topk(min(k, n_txt), dim=1).indices
+        mask[i : i + chunk].scatter_(1, top, True)
+    for j in range(0, n_txt, chunk):
+        block = cheap[:, j : j + chunk]
+        top = block.topk(min(k, n_img), dim=0).indices
+        mask[:, j : j + chunk].scatter_(0, top, True)
+    return mask
+
+
+@torch.no_grad()
+def _cosine(vectors: Sequence[tuple[Tensor, Tensor]], chunk: int) -> Tensor:
+    """Mean over networks of the (n_img, n_txt) cosine of their global vectors, on their device."""
+    n_img, n_txt = vectors[0][0].shape[0], vectors[0][1].shape[0]
+    out = torch.zeros(n_img, n_txt, dtype=torch.float32, device=vectors[0][0].device)
+    for img, txt in vectors:
+        for i in range(0, n_img, chunk):
+            out[i : i + chunk] += img[i : i + chunk] @ txt.t()
+    return out / len(vectors)
+
+
+RowScorer = Callable[[int, Tensor], Tensor]
+
+
+def _row_scorer(backbone: Backbone, encoded: Encoded) -> RowScorer:
+    """``score(i, cols)``: exact scores (len(cols),) of image ``i`` against the captions ``cols``."""
+    img, txt, lens = encoded
+    if isinstance(backbone, SGRAF):
+        return _sgraf_row_scorer(backbone, encoded)
+
+    def score(i: int, cols: Tensor) -> Tensor:
+        return backbone.similarity(img[i : i + 1], txt[cols], None if lens is None else lens[cols])[0]
+
+    return score
+
+
+def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
+    """SGRAF's head on (1 image x candidates) blocks, the self-attended global vectors computed once.
+
+    ``SGRAF.similarity`` recomputes the caption global vectors of every caption it is given, which for
+    one image against its candidates costs more than the head itself.
+    """
+    img, txt, lens = encoded
+    n_txt, max_len, dim = txt.shape
+    if lens is None:
+        lens = torch.full((n_txt,), max_len, dtype=torch.long, device=txt.device)
+    lens = lens.to(txt.device)
+    words = length_mask(lens, max_len)
+    budget = backbone.chunk_elems or _SGRAF_BUDGET.get(txt.device.type, _SGRAF_BUDGET["cuda"])
+    step = max(1, budget // max(1, max_len * dim))
+    txt_glo = torch.cat([backbone.txt_attn(txt[j : j + step], words[j : j + step]) for j in range(0, n_txt, step)])
+    img_step = max(1, budget // max(1, img.shape[1] * dim))
+    img_glo = torch.cat([backbone.img_attn(img[i : i + img_step]) for i in range(0, img.shape[0], img_step)])
+
+    def score(i: int, cols: Tensor) -> Tensor:
+        width = int(lens[cols].max())
+        per_call = max(1, budget // (width * dim))
+        parts = [
+            backbone._block(img[i : i + 1], img_glo[i : i + 1], txt[c, :width], txt_glo[c], words[c, :width])[0]
+            for c in cols.split(per_call)
+        ]
+        return torch.cat(parts)
+
+    return score
+
+
+@torch.no_grad()
+def _score_candidates(backbone: Backbone, encoded: Encoded, mask: Tensor, cheap: Tensor) -> Tensor:
+    """Exact scores on ``mask``, ``cheap`` shifted below them elsewhere: (n_img, n_txt) float32 on the CPU."""
+    out = cheap.to(device="cpu", dtype=torch.float32, copy=True)
+    scored = mask.cpu()
+    score = _row_scorer(backbone, encoded)
+    for i in range(mask.shape[0]):
+        cols = mask[i].nonzero().squeeze(1)
+        if cols.numel():
+            out[i, cols.cpu()] = score(i, cols).float().cpu()
+    if bool(scored.all()):
+        return out
+    floor = float(out[scored].min()) if bool(scored.any()) else 0.0
+    # Cosines lie in [-1, 1], so the rest lands in [floor - 3, floor - 1], below every exact score.
+    out[~scored] += floor - 2.0
+    return out
+
+
+@torch.no_grad()
+def shortlist_similarities(
+    backbones: Sequence[Backbone], encoded: Sequence[Encoded], k: int, *, chunk: int = 1000
+) -> list[Tensor]:
+    """Shortlist similarity matrices of one or several networks (an ensemble) on one shared shortlist.
+
+    The shortlist is taken from the mean cosine of the networks' global vectors, so that the
+    networks' matrices can be averaged as in exact evaluation.
+
+    Args:
+        backbones: the networks, in eval mode.
+        encoded: per network, ``(img_emb (n_img, ...), txt_emb (n_txt, ...), txt_lengths (n_txt,) or None)``
+            from its ``encode_*``.
+        k: candidates per image and per caption; ``k >= max(n_img, n_txt)`` scores every pair.
+        chunk: rows / columns of the cosine matrix taken at a time.
+
+    Returns:
+        One (n_img, n_txt) float32 CPU tensor per network: exact scores on the shortlist, every other
+        cell below the lowest of them, ordered by the cosine.
+    """
+    if len(backbones) != len(encoded) or not backbones:
+        raise InputError("encoded", f"one (img, txt, lengths) per backbone ({len(backbones)})", str(len(encoded)))
+    vectors = [global_vectors(b, *e) for b, e in zip(backbones, encoded, strict=True)]
+    cheap = _cosine(vectors, chunk)
+    mask = shortlist_mask(cheap, k, chunk=chunk)
+    return [_score_candidates(b, e, mask, cheap) for b, e in zip(backbones, encoded, strict=True)]
