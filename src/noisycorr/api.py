@@ -20,10 +20,11 @@ import numpy as np
 
 from noisycorr.audit.scores import find_mismatched_pairs, pair_scores_from_losses, rank_pairs
 from noisycorr.data.dataset import PairDataset
+from noisycorr.data.precomp import PrecompSplit, load_precomp
 from noisycorr.engine.context import pair_context
 from noisycorr.engine.pairs import SCORES_FILE
 from noisycorr.engine.rundir import RunPaths, read_run_config
-from noisycorr.engine.runs import load_run
+from noisycorr.engine.runs import load_run, run_image_shape
 from noisycorr.engine.setup import PreparedData, pick_device, prepare_data
 from noisycorr.errors import InputError
 
@@ -33,6 +34,7 @@ __all__ = [
     "load_run_data",
     "pair_scores_from_losses",
     "rank_pairs",
+    "score_data_folder",
 ]
 
 
@@ -91,6 +93,57 @@ def get_pair_quality_scores(
     ctx = pair_context(method, dataset, batch_size=batch_size or cfg.train.batch_size, device=pick_device(device),
                        seed=cfg.train.seed, epochs=cfg.train.epochs, progress=progress)
     return np.asarray(method.score_pairs(ctx, estimator=estimator, seed=cfg.train.seed), dtype=np.float64)
+
+
+def score_data_folder(
+    run: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "train",
+    captions_per_image: int | None = None,
+    estimator: str | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, PrecompSplit]:
+    """Score every pair of another precomp folder with a finished run's networks (no training).
+
+    The run is only the scorer: its best weights, vocabulary and method settings (margin, estimator,
+    per-sample pass) score the pairs of ``data_root`` as they are written there (caption k with image
+    ``k // captions_per_image``), exactly as the run scored its own training pairs.
+
+    Args:
+        run: a run folder written by ``noisycorr train``.
+        data_root: a precomp folder with ``{split}_{features}.npy`` (the run's ``data.features``) and
+            ``{split}_caps.txt``; features of the shape the run was trained on.
+        split: the split to score.
+        captions_per_image: default: the run's ``data.captions_per_image`` (None there: inferred).
+        estimator: ``"gmm"`` or ``"bmm"``; None: the run's method setting.
+        device: where the networks run.
+        batch_size: per-sample pass batch (default: the run's training batch).
+        progress: show a progress bar.
+
+    Returns:
+        (N_pairs,) float64 scores (pair k = caption k) and the loaded split (features memory-mapped).
+
+    Raises:
+        InputError: a missing or malformed folder or split, features of another shape than the run's.
+    """
+    cfg, method, vocab = load_run(run, device=device)
+    cpi = cfg.data.captions_per_image if captions_per_image is None else captions_per_image
+    data = load_precomp(Path(data_root), split, features=cfg.data.features, captions_per_image=cpi)
+    trained = run_image_shape(run)
+    if tuple(data.images.shape[1:]) != trained:
+        raise InputError(
+            data.features_path,
+            f"image features of shape (N, {', '.join(map(str, trained))}) as {run} was trained on",
+            f"shape {tuple(data.images.shape)}",
+        )
+    dataset = PairDataset(data, vocab)
+    ctx = pair_context(method, dataset, batch_size=batch_size or cfg.train.batch_size, device=pick_device(device),
+                       seed=cfg.train.seed, epochs=cfg.train.epochs, progress=progress)
+    scores = np.asarray(method.score_pairs(ctx, estimator=estimator, seed=cfg.train.seed), dtype=np.float64)
+    return scores, data
 
 
 def run_summary(run: str | Path) -> dict:

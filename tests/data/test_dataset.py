@@ -209,3 +209,25 @@ def test_eval_datasets_iterate_in_order(syn: tuple[PrecompSplit, Vocabulary]) ->
     np.testing.assert_array_equal(got.numpy(), np.asarray(split.images))
     loader = make_loader(ims, 50, shuffle=False, seed=0)
     assert torch.equal(torch.cat([b.images for b in loader]), got)
+
+
+def test_pair_batches_are_unchanged_when_the_read_pages_are_released(tmp_path, monkeypatch) -> None:
+    from noisycorr.data import dataset as ds
+    from noisycorr.data.precomp import load_precomp
+    from noisycorr.data.synthetic import write_synthetic
+    from noisycorr.data.vocab import Vocabulary
+
+    write_synthetic(tmp_path, seed=1, n_train=40, n_dev=10, n_test=10, n_regions=4, feat_dim=8, n_concepts=12)
+    split = load_precomp(tmp_path, "train")
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    idx = np.random.default_rng(0).permutation(split.n_captions)[:32]
+    expected = ds.PairDataset(split, vocab).__getitems__(idx)
+    released = []
+    monkeypatch.setattr(ds, "_RELEASE_BYTES", 1)
+    real_release = ds.release_pages
+    monkeypatch.setattr(ds, "release_pages", lambda a: (released.append(a), real_release(a)))
+    data = ds.PairDataset(split, vocab)
+    for _ in range(3):
+        got = data.__getitems__(idx)
+        assert torch.equal(got.images, expected.images) and torch.equal(got.tokens, expected.tokens)
+    assert len(released) == 3 and all(a is split.images for a in released)

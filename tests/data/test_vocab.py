@@ -169,3 +169,28 @@ def test_to_json_is_atomic(tmp_path: Path) -> None:
     out = tmp_path / "v.json"
     Vocabulary(["x"]).to_json(out)
     assert [p.name for p in tmp_path.iterdir()] == ["v.json"]
+
+
+def _nltk_tokens(caption: str) -> list[str]:
+    """The tokenizer without its plain-caption shortcut: NLTK on each sentence."""
+    from noisycorr.data import vocab
+
+    text = caption.lower()
+    return [t for s in vocab._sentences(text) for t in vocab._word_tokenizer().tokenize(s)]
+
+
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "A dog runs on the grass .", "a dog runs on the grass.", "Two dogs 3 cats", "a dog .", "dog.", "3.",
+        "he cannot go", "Gonna wanna gimme lemme gotta", "a dog . .", "a dog..", " . ", ".", "a .b", "a 3.5 m",
+        "a dog, a cat .", "it's a dog .", "caf\u00e9 au lait", "tab\tand\nnewline .", "", "   ", "a dog. a cat .",
+    ],
+)
+def test_plain_caption_shortcut_tokenizes_as_nltk(caption: str) -> None:
+    assert tokenize(caption) == _nltk_tokens(caption)
+
+
+def test_plain_caption_shortcut_agrees_with_nltk_on_real_captions(shared_data: Path) -> None:
+    caps = (shared_data / "flickr-dev" / "test_caps.txt").read_text(encoding="utf-8").splitlines()[:1000]
+    assert [tokenize(c) for c in caps] == [_nltk_tokens(c) for c in caps]

@@ -49,3 +49,61 @@ def test_audit_of_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsy
     assert main(["audit", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("noisycorr: error:") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ audit RUN --data-root: another folder
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit-clean") / "run"
+    extra = {"train.epochs": 2, "method.warmup_epochs": 1, "train.batch_size": 16}
+    train(load_config("demo-ncr", tiny_overrides(tiny_root, out, **extra)))
+    return out
+
+
+def test_audit_of_another_folder_scores_its_pairs_as_the_run_scores_its_own(clean_run, tiny_root, tmp_path, capsys):
+    # Trained without noise, the run's own pairs are the folder's pairs as written: the same scores.
+    report = tmp_path / "report"
+    assert main(["audit", str(clean_run), "--data-root", str(tiny_root), "--report", str(report), "--top", "3"]) == 0
+    scores = np.load(report / "pair_scores.npy")
+    own = get_pair_quality_scores(clean_run, recompute=True)
+    assert scores.shape == own.shape and np.allclose(scores, own, atol=1e-6)
+    with open(report / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(own) and "truly_mismatched" not in rows[0]
+    assert [int(r["pair"]) for r in rows] == np.argsort(scores, kind="stable").tolist()
+    assert "[train] scored" in capsys.readouterr().out
+
+
+def test_audit_of_another_folder_scores_the_named_split_into_the_default_folder(ncr_run, tiny_root):
+    assert main(["audit", str(ncr_run), "--data-root", str(tiny_root), "--split", "dev"]) == 0
+    report = ncr_run / f"audit-{tiny_root.name}-dev"
+    scores = np.load(report / "pair_scores.npy")
+    assert scores.shape == (load_precomp(tiny_root, "dev").n_captions,)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert not (ncr_run / "audit" / "pair_scores.npy").exists()  # the run's own audit is left alone
+
+
+def _bad_folder(tiny_root, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train_caps.txt").write_bytes((tiny_root / "train_caps.txt").read_bytes())
+    ims = np.load(tiny_root / "train_ims.npy")
+    np.save(bad / "train_ims.npy", np.concatenate([ims, ims[..., :1]], axis=-1))  # one more feature
+    return bad
+
+
+@pytest.mark.parametrize("case", ["other-dim", "no-folder", "split-alone", "with-data"])
+def test_audit_of_another_folder_refuses_bad_input_in_one_line(ncr_run, tiny_root, tmp_path, capsys, case):
+    report = tmp_path / "report"
+    args = {
+        "other-dim": ["--data-root", str(_bad_folder(tiny_root, tmp_path))],
+        "no-folder": ["--data-root", str(tmp_path / "missing")],
+        "split-alone": ["--split", "dev"],
+        "with-data": ["--data-root", str(tiny_root), "--data", str(tiny_root)],
+    }[case]
+    assert main(["audit", str(ncr_run), "--report", str(report), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisycorr: error:") and len(err.strip().splitlines()) == 1
+    assert not (report / "pair_scores.npy").exists()

@@ -115,21 +115,22 @@ def _csv_bytes(
         header.append("truly_mismatched")
     header += list(extra)
     writer.writerow(header)
-    for rank, k in enumerate(order.tolist(), start=1):
-        row = int(caption_image[k])
-        line = [
-            rank,
-            k,
-            row,
-            image_ids[row] if image_ids is not None else row,
-            f"{scores[k]:.6g}",  # significant digits: the surest mismatches score far below 1e-6
-            int(flagged[k]),
-            captions[k],
-        ]
-        if mismatched is not None:
-            line.append(int(mismatched[k]))
-        line += [values[k] for values in extra.values()]
-        writer.writerow(line)
+    # Column by column from Python lists (no per-row NumPy scalar access), then one writerows.
+    pairs = order.tolist()
+    rows = caption_image[order].tolist()
+    columns = [
+        range(1, len(pairs) + 1),
+        pairs,
+        rows,
+        rows if image_ids is None else [image_ids[r] for r in rows],
+        [f"{x:.6g}" for x in scores[order].tolist()],  # significant digits: the surest mismatches score far below 1e-6
+        flagged[order].astype(np.int64).tolist(),
+        [captions[k] for k in pairs],
+    ]
+    if mismatched is not None:
+        columns.append(mismatched[order].astype(np.int64).tolist())
+    columns += [[values[k] for k in pairs] for values in extra.values()]
+    writer.writerows(zip(*columns))
     # surrogateescape: text read from a source with bytes that were not UTF-8 goes back out unchanged.
     return buf.getvalue().encode("utf-8", errors="surrogateescape")
 

@@ -129,8 +129,9 @@ def cmd_audit_source(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.report or args.recompute or args.estimator or args.data:
-        raise InputError("noisycorr audit SOURCE", "no --report/--recompute/--estimator/--data (run-folder options)",
+    if args.report or args.recompute or args.estimator or args.data or args.data_root or args.split:
+        raise InputError("noisycorr audit SOURCE",
+                         "no --report/--recompute/--estimator/--data/--data-root/--split (run-folder options)",
                          "one of them")
     overrides = list(args.overrides) + ([f"method.name={args.method}"] if args.method else [])
     out = Path(args.out or Path("runs") / f"audit-{Path(args.run).stem}")
@@ -183,6 +184,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         train(cfg, resume=True)
     if not run:
         raise InputError("noisycorr audit", "a run folder, or -c PRESET to train one first", "neither")
+    if args.data_root:
+        return _audit_data_root(args, run, clean_copy)
+    if args.split:
+        raise InputError("--split", "--data-root as well (the split of another data folder)", "--split alone")
     out = Path(args.report or Path(run) / "audit")
     check_writable_dir(out, what="the audit folder (--report; default RUN/audit)")
     if clean_copy is not None and clean_copy.exists() and any(clean_copy.iterdir()):
@@ -214,6 +219,42 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                 features=tuple(dict.fromkeys(("ims", "pooled"))))
         print(f"cleaned copy ({int(keep.sum())} pairs kept) written to {clean_copy} "
               f"({info.get('bytes_written', 0) / 2**20:.0f} MiB)")
+    return 0
+
+
+def _audit_data_root(args: argparse.Namespace, run: str, clean_copy: Path | None) -> int:
+    """``audit RUN --data-root DIR``: the run's networks score the pairs of another folder."""
+    import numpy as np
+
+    from noisycorr.api import score_data_folder
+    from noisycorr.audit import write_audit, write_clean_copy
+    from noisycorr.engine.rundir import write_npy
+
+    if args.data or args.recompute:
+        raise InputError("--data-root", "no --data / --recompute (the run's own data)", "one of them")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    split = args.split or "train"
+    out = Path(args.report or Path(run) / f"audit-{Path(args.data_root).resolve().name}-{split}")
+    check_writable_dir(out, what="the audit folder (--report)")
+    if clean_copy is not None and clean_copy.exists() and any(clean_copy.iterdir()):
+        raise InputError(clean_copy, "a new or empty folder for the cleaned copy", "a folder with files")
+    scores, data = score_data_folder(run, args.data_root, split=split, estimator=args.estimator,
+                                     device=args.device, progress=True)
+    pairing = data.image_of_caption()
+    write_audit(out, scores=scores, captions=data.captions, caption_image=pairing, image_ids=data.ids,
+                threshold=args.threshold, top=args.top, source=f"run {run}; data {data.root} [{split}]")
+    write_npy(out / "pair_scores.npy", scores.astype(np.float32))
+    n_flag = int((scores < args.threshold).sum())
+    print(f"{len(scores)} pairs of {data.root} [{split}] scored, {n_flag} flagged below {args.threshold:g}; "
+          f"report: {out / 'report.html'}, scores: {out / 'pair_scores.npy'}")
+    if clean_copy is not None:
+        keep = scores >= args.threshold
+        write_clean_copy(clean_copy, split=data, caption_image=pairing, keep=keep, src_root=data.root,
+                         split_name=split, features=(data.features,))
+        print(f"cleaned copy ({int(keep.sum())} pairs kept) written to {clean_copy}")
     return 0
 
 
@@ -408,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=["gmm", "bmm"], default=None,
                    help="mixture over the per-sample losses (default: the run's method's own; implies --recompute)")
     p.add_argument("--data", help="the run's data folder, if it moved")
+    p.add_argument("--data-root", help="score the pairs of this other precomp folder with the run's networks "
+                   "(no training; report by default into RUN/audit-FOLDER-SPLIT, scores in pair_scores.npy)")
+    p.add_argument("--split", help="with --data-root: the split to score (default: train)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_audit)
 

@@ -10,6 +10,7 @@ is the same whatever the batch composition, worker count or process rank.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
@@ -18,12 +19,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from noisycorr.data.precomp import PrecompSplit
+from noisycorr.data.precomp import PrecompSplit, release_pages
 from noisycorr.data.vocab import MASK, Vocabulary
 from noisycorr.distributed import shard
 from noisycorr.errors import InputError
 
 _N_SPECIAL = 4
+_RELEASE_BYTES = 64 << 20  # feature bytes a dataset reads before it drops the mapped pages from its RSS
 
 
 # --------------------------------------------------------------------------- batches
@@ -102,7 +104,7 @@ class EncodedCaptions:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
-        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(self.offsets[-1]))
+        self.flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(self.offsets[-1]))
 
     @classmethod
     def from_captions(cls, captions: Sequence[str], vocab: Vocabulary) -> EncodedCaptions:
@@ -307,6 +309,7 @@ class PairDataset(Dataset):
             raise InputError("region_drop", "0 for pooled (N, D) features", repr(region_drop))
         self.train, self.region_drop, self.token_aug, self.seed = train, region_drop, token_aug, seed
         self.epoch = 0
+        self._bytes_read = 0
         self.encoded = (
             encoded if encoded is not None else EncodedCaptions.from_captions(split.captions, vocab)
         )
@@ -327,6 +330,10 @@ class PairDataset(Dataset):
         idx = _as_index(indices)
         rows = self.caption_image[idx]
         images = _read_images(self.split.images, rows)
+        self._bytes_read += images.nbytes
+        if self._bytes_read >= _RELEASE_BYTES:
+            release_pages(self.split.images)
+            self._bytes_read = 0
         tokens, lengths = self.encoded.padded(idx)
         if self.train and self.region_drop > 0:
             images = drop_regions(images, idx, p=self.region_drop, seed=self.seed, epoch=self.epoch)

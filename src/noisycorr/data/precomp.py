@@ -10,6 +10,7 @@ Layout of one split in a folder::
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,21 @@ def _rows_repeated(images: np.ndarray, group: int, *, distinct: bool, n_probe: i
     return not distinct or not all(np.array_equal(f, firsts[0]) for f in firsts[1:])
 
 
+def release_pages(images: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped array from this process's resident memory.
+
+    They stay in the OS page cache and are mapped again on the next read, so values are unchanged;
+    without this, every row ever read counts in the process's RSS (the whole file after one pass).
+    A no-op for in-memory arrays and writable or copy-on-write maps.
+    """
+    base, mode = images, None
+    while base is not None and not isinstance(base, mmap.mmap):
+        mode = getattr(base, "mode", mode)
+        base = getattr(base, "_mmap", None) or getattr(base, "base", None)
+    if base is not None and mode == "r" and hasattr(base, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
 def _first_nonfinite_row(images: np.ndarray) -> int | None:
     """Index of the first row holding NaN or Inf, reading at most ~64 MiB at a time."""
     row_bytes = max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)
@@ -156,6 +172,7 @@ def _first_nonfinite_row(images: np.ndarray) -> int | None:
             ok = np.isfinite(chunk.sum(axis=axes, dtype=np.float64))
         else:
             ok = np.isfinite(chunk).all(axis=axes)
+        release_pages(images)
         if not ok.all():
             return start + int(np.argmin(ok))
     return None

@@ -52,6 +52,11 @@ def _image_shape(paths: RunPaths) -> tuple[int, ...]:
     return tuple(int(d) for d in meta["image_shape"].split(","))
 
 
+def run_image_shape(run_dir: str | Path) -> tuple[int, ...]:
+    """The shape of one image's features that the run's weights expect, e.g. (1280,) pooled."""
+    return _image_shape(RunPaths(Path(run_dir)))
+
+
 def evaluate_run(
     run_dirs: str | Path | Sequence[str | Path],
     *,
