@@ -37,6 +37,7 @@ OPTIONS = {
         "sgr_steps": (2, lambda m: len(m.sgr)),
         "lambda_softmax": (4.5, lambda m: m.lambda_softmax),
         "chunk_elems": (4096, lambda m: m.chunk_elems),
+        "checkpoint_blocks": (True, lambda m: m.checkpoint_blocks),
     },
     "global": {**COMMON, "text_pool": ("gpo", lambda m: "gpo" if isinstance(m.txt_pool, GPO) else "mean")},
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,7 +32,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None) -> Tensor:
+def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None, *, update_stats: bool = True) -> Tensor:
     """Apply ``bn`` (over the last dim of ``x``) to the rows where ``mask`` is True; other rows become 0.
 
     Padded rows must not enter the training-mode batch statistics, so only valid rows are normalised.
@@ -39,12 +41,25 @@ def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None) -> Ten
         bn: batch norm with ``num_features == x.shape[-1]``.
         x: (..., C) features.
         mask: bool tensor of shape ``x.shape[:-1]``, or None for all rows.
+        update_stats: False normalises exactly as ``bn`` does but leaves its running statistics
+            untouched (a forward pass recomputed for the backward pass must not count twice).
     """
+    norm = bn if update_stats or not bn.training else partial(_batch_norm_no_update, bn)
     if mask is None:
-        return bn(x.reshape(-1, x.shape[-1])).view_as(x)
+        return norm(x.reshape(-1, x.shape[-1])).view_as(x)
     out = x.new_zeros(x.shape)
-    out[mask] = bn(x[mask]).to(out.dtype)
+    out[mask] = norm(x[mask]).to(out.dtype)
     return out
+
+
+def _batch_norm_no_update(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """Training-mode ``bn(x)`` on batch statistics, without updating the running ones. (n, C) -> (n, C).
+
+    Copies of the running statistics take the update, so autograd saves the same tensors as ``bn(x)``
+    (``torch.utils.checkpoint`` checks that a recomputation saves as many tensors as the forward).
+    """
+    stats = [None if t is None else t.clone() for t in (bn.running_mean, bn.running_var)]
+    return F.batch_norm(x, *stats, bn.weight, bn.bias, True, bn.momentum or 0.0, bn.eps)
 
 
 class ResidualMLP(nn.Module):

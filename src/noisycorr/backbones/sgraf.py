@@ -13,6 +13,8 @@ Unlike the research code, which loops over captions, a whole (images x captions)
 computation with padded words masked. Memory per block is dominated by a few tensors of
 ``n_img * n_txt * L * embed_size`` floats; ``chunk_elems`` bounds that product, so ``similarity`` splits
 large requests into sub-blocks (captions grouped by length, so short captions carry little padding).
+When gradients are recorded, the sub-blocks' intermediates would all be kept for the backward pass (several
+GiB for a training batch of 128); ``checkpoint_blocks`` recomputes each sub-block in the backward pass instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from noisycorr.backbones.base import Backbone, TextBackboneConfig
 from noisycorr.backbones.ops import (
@@ -44,6 +47,9 @@ _HEADS = ("sgr", "saf")
 # GPUs favour large ones. Sub-blocks hold at least this many captions when memory allows.
 _DEFAULT_CHUNK = {"cpu": 2**22, "cuda": 2**25}
 _MIN_CAPTIONS = 8
+# checkpoint_blocks=None recomputes sub-blocks when a request's n_img * n_txt * L * embed exceeds this
+# (2**26 floats = 256 MiB; the plain backward keeps several such tensors): a batch of 64 captions of <= 20 words.
+_AUTO_CHECKPOINT_ELEMS = 2**26
 
 
 class GlobalSelfAttention(nn.Module):
@@ -115,14 +121,16 @@ class AttentionFiltration(nn.Module):
         self.attn = xavier_linear_(nn.Linear(sim_dim, 1))
         self.bn = nn.BatchNorm1d(1)
 
-    def forward(self, nodes: Tensor, node_mask: Tensor) -> Tensor:
+    def forward(self, nodes: Tensor, node_mask: Tensor, update_stats: bool = True) -> Tensor:
         """(..., N, s) nodes, (..., N) bool mask (broadcast) -> (..., s).
 
-        Training-mode batch statistics are taken over the valid nodes of every pair in the block.
+        Training-mode batch statistics are taken over the valid nodes of every pair in the block;
+        ``update_stats=False`` leaves the running statistics as they are (a recomputed forward pass).
         """
         logits = self.attn(nodes)
         full_mask = node_mask.expand(nodes.shape[:-1])
-        weights = torch.sigmoid(masked_batch_norm(self.bn, logits, full_mask)).squeeze(-1)
+        normed = masked_batch_norm(self.bn, logits, full_mask, update_stats=update_stats)
+        weights = torch.sigmoid(normed).squeeze(-1)
         weights = l1norm(weights * full_mask, dim=-1)
         return l2norm((weights.unsqueeze(-1) * nodes).sum(-2), dim=-1)
 
@@ -149,7 +157,17 @@ class SGRAF(Backbone):
         lambda_softmax: smoothing of the text-to-image attention softmax.
         num_regions: regions per image R; the visual self-attention batch-normalises per region slot.
         chunk_elems: upper bound on ``n_img * n_txt * L * embed_size`` per internal sub-block (peak
-            memory is about four times this many floats); None: 2**22 on CPU, 2**25 on GPU.
+            memory is about four times this many floats); None: 2**22 on CPU, 2**25 on GPU. In eval
+            mode it also bounds the rows of the global self-attention per pass.
+        checkpoint_blocks: when gradients are recorded, keep only each sub-block's inputs and scores
+            and recompute its intermediates in the backward pass (``torch.utils.checkpoint``); scores
+            and gradients are those of the plain computation. True: always; False: never; None
+            (auto): when ``n_img * n_txt * L * embed_size`` exceeds 2**26, e.g. a training batch of
+            64+ captions of 20 words at embed 1024. Recomputation costs time only: at batch 128 (NCR's
+            shapes, SGR) the training step's peak RSS falls from 6.2 to 1.6 GiB for +2 % (1 CPU thread)
+            to +28 % (2 threads) step time, provisional figures from a loaded 2-core machine
+            (``benchmarks/bench_sgraf_memory.py``). ``_block`` draws no random numbers, and SAF's batch
+            norm updates its running statistics in the first run only.
     """
 
     image_input = "regions"
@@ -165,6 +183,7 @@ class SGRAF(Backbone):
         sgr_steps: int = 3
         lambda_softmax: float = 9.0
         chunk_elems: int | None = None
+        checkpoint_blocks: bool | None = None  # None: auto, by the size of the request
 
     @classmethod
     def data_arguments(cls, image_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -189,6 +208,7 @@ class SGRAF(Backbone):
         lambda_softmax: float = 9.0,
         num_regions: int = 36,
         chunk_elems: int | None = None,
+        checkpoint_blocks: bool | None = None,
     ):
         super().__init__()
         if head not in _HEADS:
@@ -197,6 +217,7 @@ class SGRAF(Backbone):
         self.lambda_softmax = lambda_softmax
         self.num_regions = num_regions
         self.chunk_elems = chunk_elems
+        self.checkpoint_blocks = checkpoint_blocks
         self.img_fc = xavier_linear_(nn.Linear(img_dim, embed_size))
         self.text = BiGRUTextEncoder(
             vocab_size, word_dim, embed_size, text_layers, dropout, word_vectors, per_word=True
@@ -239,17 +260,20 @@ class SGRAF(Backbone):
         txt_lengths = txt_lengths.to(txt_emb.device)
         if n_img == 0 or n_txt == 0:
             return img_emb.new_zeros(n_img, n_txt)
-        img_glo = self.img_attn(img_emb)
+        budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_emb.device.type, _DEFAULT_CHUNK["cuda"])
+        img_glo = _global_vectors(self.img_attn, img_emb, None, budget)
         used = int(txt_lengths.max())
         txt_emb = txt_emb[:, :used]
         txt_mask = length_mask(txt_lengths, used)
-        txt_glo = self.txt_attn(txt_emb, txt_mask)
+        txt_glo = _global_vectors(self.txt_attn, txt_emb, txt_mask, budget)
 
         # Captions sorted by length, so each sub-block is trimmed to its own longest caption.
         order = torch.argsort(txt_lengths, descending=True, stable=True)
         sorted_lens = txt_lengths[order].tolist()
         dim = img_emb.shape[-1]
-        budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_emb.device.type, _DEFAULT_CHUNK["cuda"])
+        block = self._block
+        if self._recompute(n_img * n_txt * used * dim):
+            block = self._recomputed_block
         img_step = max(1, min(n_img, budget // (used * dim * _MIN_CAPTIONS)))
         rows = []
         for i in range(0, n_img, img_step):
@@ -259,16 +283,39 @@ class SGRAF(Backbone):
                 width = sorted_lens[start]
                 step = max(1, budget // (imgs.shape[0] * width * dim))
                 idx = order[start : start + step]
-                cols.append(
-                    self._block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width])
-                )
+                cols.append(block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width]))
                 start += step
             rows.append(torch.cat(cols, dim=1))
         scores = torch.cat(rows, dim=0)
         return scores[:, torch.argsort(order)]
 
-    def _block(self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor) -> Tensor:
-        """(a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) mask -> (a, b)."""
+    def _recompute(self, volume: int) -> bool:
+        """Whether sub-blocks are checkpointed, for a request of ``n_img * n_txt * L * embed`` = ``volume``."""
+        if not torch.is_grad_enabled():
+            return False
+        if self.checkpoint_blocks is None:
+            return volume > _AUTO_CHECKPOINT_ELEMS
+        return self.checkpoint_blocks
+
+    def _recomputed_block(self, *inputs: Tensor) -> Tensor:
+        """``_block`` keeping only its inputs for the backward pass, which runs it again; the SAF batch
+        norm's running statistics are updated by the first run only."""
+        runs = 0
+
+        def run(*args: Tensor) -> Tensor:
+            nonlocal runs
+            runs += 1
+            return self._block(*args, update_stats=runs == 1)
+
+        return checkpoint(run, *inputs, use_reentrant=False)
+
+    def _block(
+        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True
+    ) -> Tensor:
+        """(a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) mask -> (a, b).
+
+        ``update_stats=False``: SAF's training-mode batch norm leaves its running statistics untouched.
+        """
         a, n_reg, dim = imgs.shape
         b, n_words, _ = words.shape
         # Text-to-image attention, laid out (a, R, b, L): LeakyReLU, L2 over words, softmax over regions.
@@ -287,7 +334,7 @@ class SGRAF(Backbone):
                 nodes = step(nodes, key_mask, first_only=k == len(self.sgr) - 1)
             vec = nodes[..., 0, :]
         else:
-            vec = self.saf(nodes, node_mask)
+            vec = self.saf(nodes, node_mask, update_stats)
         return torch.sigmoid(self.score(vec)).squeeze(-1)
 
     def _check_regions(self, x: Tensor, name: str) -> None:
@@ -296,3 +343,15 @@ class SGRAF(Backbone):
                 f"SGRAF {name}: expected (B, {self.num_regions}, D) region features (num_regions), "
                 f"found shape {tuple(x.shape)}"
             )
+
+
+def _global_vectors(attn: GlobalSelfAttention, local: Tensor, mask: Tensor | None, budget: int) -> Tensor:
+    """``attn(local, mask)``: (B, N, d), (B, N) -> (B, d); in eval mode in passes of at most ``budget``
+    elements of ``local`` (exact there: no dropout, batch norm on running statistics)."""
+    if attn.training:
+        return attn(local, mask)
+    step = max(1, budget // max(1, local.shape[1] * local.shape[2]))
+    parts = [
+        attn(local[i : i + step], None if mask is None else mask[i : i + step]) for i in range(0, local.shape[0], step)
+    ]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
