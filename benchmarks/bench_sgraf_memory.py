@@ -157,8 +157,10 @@ def eval_child(head: str, n_img: int, n_txt: int, reps: int) -> dict[str, Any]:
 def _child(args: list[str], threads: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), *args]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_sgraf_memory(
