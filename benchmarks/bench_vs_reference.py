@@ -14,12 +14,15 @@ What "the same" means, configuration by configuration (ours / theirs):
   similarity only, as theirs; peak RSS is the process high-water mark during the similarity.
 - ``ncr_train_*``: one training step on a batch with given soft targets: forward of the batch x batch
   SGRAF similarity, NCR's exponential soft-margin hinge with hardest negatives, backward, gradient
-  clipping at 2, Adam (theirs: ``SGRAF.train(mode='train')``). Also with ``model.checkpoint_blocks``
-  where our SGRAF offers it (the recomputed variant).
+  clipping at 2, Adam (theirs: ``SGRAF.train(mode='train')``). Ours as the preset runs it (SGRAF's
+  ``checkpoint_blocks`` auto: sub-blocks recomputed in the backward pass at batch 128) and ``_plain``
+  (``checkpoint_blocks=false``: every sub-block's activations kept, as theirs).
 - ``ncr_evalloss_*``: the per-sample split statistic of 128 pairs (ours: ``per_sample_loss``; theirs:
   ``train(mode='eval_loss')``) and NCR's ``predict`` (match confidence).
 - ``ncr_cotrain_iter_*``: one co-training iteration of the clean subset before the noisy subset
-  joins, through our NCR method's ``training_step`` and the engine's ``Stepper``.
+  joins, through our NCR method's ``training_step`` and the engine's ``Stepper``; also ``_plain`` (no
+  recomputation) and ``_forward`` (``method.confidence_from=forward``: the confidence p from the
+  training forward instead of a separate eval pass).
 - ``in2r_*``: IN2R on the VSE backbone: a plain hinge step and the warm-up step; one co-training
   iteration with both memories full (65,536 pairs); the per-sample pass; evaluation of 1,000 images
   x 5,000 captions (ours encodes each image once, theirs five times in ``encode_data``).
@@ -70,6 +73,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
 VOCAB = 8481
 LEN_MIN, LEN_MAX = 8, 20
 REGIONS, IMG_DIM = 36, 2048
+# our variants of a configuration: (figure-key suffix, preset overrides); "" = the preset as users get it
+# (SGRAF's checkpoint_blocks is auto: recomputed sub-blocks at training batch 128)
+VARIANTS: dict[str, list[tuple[str, list[str]]]] = {
+    "ncr_train": [("", []), ("_plain", ["model.checkpoint_blocks=false"])],
+    "ncr_cotrain": [("", []), ("_plain", ["model.checkpoint_blocks=false"]),
+                    ("_forward", ["method.confidence_from=forward"])],
+}
 EXTRA_OVERRIDES: dict[str, list[str]] = {}  # preset -> overrides appended (tests shrink the models with it)
 
 # (config kind, our figure key, regex on the reference's metric name, unit, "time" | "rate" | "memory")
@@ -79,12 +89,16 @@ COMPARE: list[tuple[str, str, str, str, str]] = [
     ("ncr_eval", "work_rss_mib", r"^peak RSS during similarity", "MiB", "work"),
     ("ncr_train", "step_s", r"^train step", "s/step", "time"),
     ("ncr_train", "peak_rss_mib", r"^peak RSS", "MiB", "memory"),
-    ("ncr_train", "step_s_checkpointed", r"^train step", "s/step", "time"),
-    ("ncr_train", "peak_rss_mib_checkpointed", r"^peak RSS", "MiB", "memory"),
+    ("ncr_train", "step_s_plain", r"^train step", "s/step", "time"),
+    ("ncr_train", "peak_rss_mib_plain", r"^peak RSS", "MiB", "memory"),
     ("ncr_evalloss", "pass_s", r"^eval_loss pass", "s/128", "time"),
     ("ncr_evalloss", "predict_s", r"^predict pass", "s/128", "time"),
     ("ncr_cotrain", "iter_s", r"^co-training iteration", "s/iter", "time"),
     ("ncr_cotrain", "peak_rss_mib", r"^peak RSS", "MiB", "memory"),
+    ("ncr_cotrain", "iter_s_plain", r"^co-training iteration", "s/iter", "time"),
+    ("ncr_cotrain", "peak_rss_mib_plain", r"^peak RSS", "MiB", "memory"),
+    ("ncr_cotrain", "iter_s_forward", r"^co-training iteration", "s/iter", "time"),
+    ("ncr_cotrain", "peak_rss_mib_forward", r"^peak RSS", "MiB", "memory"),
     ("in2r_train", "step_s", r"^VSE train step", "s/step", "time"),
     ("in2r_train", "warmup_step_s", r"^VSE warm-up step", "s/step", "time"),
     ("in2r_cotrain", "iter_s", r"^IN2R co-training iteration", "s/iter", "time"),
@@ -200,9 +214,8 @@ def run_config(name: str, reps: int) -> dict[str, Any]:
         return out
 
     if kind in ("ncr_train", "ncr_evalloss", "ncr_cotrain"):
-        variants = [False, True] if kind == "ncr_train" and _has_checkpoint_option() else [False]
-        for checkpointed in variants:
-            out.update(_run_ncr(kind, p, checkpointed, reps, gen))
+        for suffix, overrides in VARIANTS.get(kind, [("", [])]):
+            out.update(_run_ncr(kind, p, suffix, overrides, reps, gen))
         return out
 
     if kind.startswith("in2r"):
@@ -288,16 +301,17 @@ def run_config(name: str, reps: int) -> dict[str, Any]:
     raise SystemExit(f"unknown kind {kind}")
 
 
-def _run_ncr(kind: str, p: dict[str, Any], checkpointed: bool, reps: int, gen: Any) -> dict[str, Any]:
-    """NCR's training step, per-sample pass or co-training iteration (SGRAF at the reference's sizes)."""
+def _run_ncr(
+    kind: str, p: dict[str, Any], suffix: str, overrides: list[str], reps: int, gen: Any
+) -> dict[str, Any]:
+    """NCR's training step, per-sample pass or co-training iteration (SGRAF at the reference's sizes);
+    figure keys end with ``suffix`` (a variant's overrides)."""
     import torch
 
     from noisycorr.losses import soft_margin, triplet_loss
 
     b = p["batch"]
-    extra = ["model.checkpoint_blocks=true"] if checkpointed else []
-    cfg, method = build("f30k-ncr", [f"model.head={p['head']}", f"train.batch_size={b}", *extra])
-    suffix = "_checkpointed" if checkpointed else ""
+    cfg, method = build("f30k-ncr", [f"model.head={p['head']}", f"train.batch_size={b}", *overrides])
     batch = make_batch(b, gen)
     n_reps = max(reps, 5) if b <= 32 else reps
     if kind == "ncr_train":
@@ -318,8 +332,8 @@ def _run_ncr(kind: str, p: dict[str, Any], checkpointed: bool, reps: int, gen: A
         perfutil.reset_peak_rss()
         t_pass = perfutil.timed(lambda: method.per_sample_loss(net, batch, 0.2), reps=reps)
         t_pred = perfutil.timed(lambda: method.predict(net, batch), reps=reps, warmup=0)
-        return {"timing": t_pass, "pass_s": t_pass["median_s"], "timing_predict": t_pred,
-                "predict_s": t_pred["median_s"], "peak_rss_mib": perfutil.peak_rss_mib()}
+        return {f"timing{suffix}": t_pass, f"pass_s{suffix}": t_pass["median_s"], f"timing_predict{suffix}": t_pred,
+                f"predict_s{suffix}": t_pred["median_s"], f"peak_rss_mib{suffix}": perfutil.peak_rss_mib()}
     method.train()
     stepper = stepper_for(method, cfg)
     fake_split(method, b, gen)
@@ -333,13 +347,8 @@ def _run_ncr(kind: str, p: dict[str, Any], checkpointed: bool, reps: int, gen: A
 
     perfutil.reset_peak_rss()
     timing = perfutil.timed(one_iter, reps=n_reps)
-    return {"timing": timing, "iter_s": timing["median_s"], "peak_rss_mib": perfutil.peak_rss_mib()}
-
-
-def _has_checkpoint_option() -> bool:
-    from noisycorr.backbones.sgraf import SGRAF
-
-    return "checkpoint_blocks" in SGRAF.Config.__dataclass_fields__
+    return {f"timing{suffix}": timing, f"iter_s{suffix}": timing["median_s"],
+            f"peak_rss_mib{suffix}": perfutil.peak_rss_mib()}
 
 
 # --------------------------------------------------------------------------- reference and table
