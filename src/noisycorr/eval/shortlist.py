@@ -39,6 +39,7 @@ __all__ = ["global_vectors", "has_pairwise_head", "shortlist_mask", "shortlist_s
 Encoded = tuple[Tensor, Tensor, Tensor | None]
 # Elements of (captions x words x embed) per SGRAF head call, as SGRAF bounds its own sub-blocks.
 _SGRAF_BUDGET = {"cpu": 2**22, "cuda": 2**25}
+_GROUP = 128  # candidates per head call at most, so each call's padding stays small
 
 
 def has_pairwise_head(img_emb: Tensor, txt_emb: Tensor) -> bool:
@@ -133,13 +134,19 @@ def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
     img_glo = torch.cat([backbone.img_attn(img[i : i + img_step]) for i in range(0, img.shape[0], img_step)])
 
     def score(i: int, cols: Tensor) -> Tensor:
-        width = int(lens[cols].max())
-        per_call = max(1, budget // (width * dim))
-        parts = [
-            backbone._block(img[i : i + 1], img_glo[i : i + 1], txt[c, :width], txt_glo[c], words[c, :width])[0]
-            for c in cols.split(per_call)
-        ]
-        return torch.cat(parts)
+        # Candidates by length, in groups trimmed to their own longest caption (little padding).
+        order = torch.argsort(lens[cols], descending=True)
+        out = torch.empty(cols.shape[0], device=txt.device)
+        start = 0
+        while start < cols.shape[0]:
+            width = int(lens[cols[order[start]]])
+            idx = order[start : start + min(_GROUP, max(1, budget // (width * dim)))]
+            c = cols[idx]
+            out[idx] = backbone._block(
+                img[i : i + 1], img_glo[i : i + 1], txt[c, :width], txt_glo[c], words[c, :width]
+            )[0].to(out.dtype)
+            start += idx.shape[0]
+        return out
 
     return score
 
