@@ -309,6 +309,17 @@ class SGRAF(Backbone):
 
         return checkpoint(run, *inputs, use_reentrant=False)
 
+    def score_with_globals(
+        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor
+    ) -> Tensor:
+        """The head on precomputed self-attended global vectors (``img_attn`` / ``txt_attn`` outputs), for
+        callers that score many caption subsets against the same encodings (shortlist evaluation).
+
+        (a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) bool mask
+        -> (a, b) scores; no sub-blocking or recomputation (the caller bounds the sizes).
+        """
+        return self._block(imgs, img_glo, words, txt_glo, mask)
+
     def _block(
         self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True
     ) -> Tensor:

@@ -142,7 +142,7 @@ def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
             width = int(lens[cols[order[start]]])
             idx = order[start : start + min(_GROUP, max(1, budget // (width * dim)))]
             c = cols[idx]
-            out[idx] = backbone._block(
+            out[idx] = backbone.score_with_globals(
                 img[i : i + 1], img_glo[i : i + 1], txt[c, :width], txt_glo[c], words[c, :width]
             )[0].to(out.dtype)
             start += idx.shape[0]
