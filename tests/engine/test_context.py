@@ -43,3 +43,11 @@ def test_per_sample_values_come_back_keyed_by_sample_index(tiny_root):
     first_feature = np.asarray(split.images)[pairing].reshape(len(ds), -1)[:, 0]
     assert torch.equal(out[:, 1], torch.from_numpy(first_feature).float())  # the pairing's image rows
     assert seen_modes and not any(seen_modes) and module.training  # eval during the pass, restored after
+
+
+def test_per_sample_returns_float32_one_row_per_sample_whatever_fn_returns(tiny_root):
+    split = load_precomp(tiny_root, "train")
+    ds = PairDataset(split, Vocabulary.build(split.captions, min_count=1))
+    ctx = pair_context(torch.nn.Linear(2, 2), ds, batch_size=16, device=torch.device("cpu"), seed=0)
+    out = ctx.per_sample(lambda b: b.index.double() + 0.5)  # float64 in, (N,) float32 out
+    assert out.dtype == torch.float32 and torch.equal(out, torch.arange(len(ds)).float() + 0.5)

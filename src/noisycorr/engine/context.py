@@ -87,12 +87,17 @@ class TrainContext:
             mine = batches[dist.rank() :: dist.world_size()]
             if not mine:  # fewer batches than ranks: run one for the values' shape, keep none of it
                 mine = [(batches[0][0], len(batches[0][0]))]
-            kept_idx, kept = [], []
+            # Kept values go straight into one buffer: a small tensor kept per batch would pin the
+            # batch's freed working memory in the heap (RSS grew ~0.1 MB a batch, 3 GB at 1M pairs).
+            index = torch.from_numpy(np.concatenate([idx[first:] for idx, first in mine]))
+            values = None
+            pos = 0
             for idx, first in tqdm(mine, desc=desc, disable=not self.progress, leave=False):
-                values = fn(self.fetch(idx).to(self.device)).detach().float().cpu()
-                kept_idx.append(torch.from_numpy(idx[first:]))
-                kept.append(values[first:])
-            index, values = torch.cat(kept_idx), torch.cat(kept)
+                batch_values = fn(self.fetch(idx).to(self.device)).detach()
+                if values is None:
+                    values = torch.empty((len(index), *batch_values.shape[1:]), dtype=torch.float32)
+                values[pos : pos + len(idx) - first] = batch_values[first:]
+                pos += len(idx) - first
             if dist.active():
                 return dist.gather_by_index(index, values, self.n)
             out = torch.zeros((self.n, *values.shape[1:]), dtype=torch.float32)
