@@ -25,7 +25,8 @@ from noisycorr.distributed import shard
 from noisycorr.errors import InputError
 
 _N_SPECIAL = 4
-_RELEASE_BYTES = 64 << 20  # feature bytes a dataset reads before it drops the mapped pages from its RSS
+_RELEASE_BYTES = 64 << 20  # mapped feature bytes a dataset may hold before it drops them from its RSS
+_FAULT_AROUND = 64 << 10  # the kernel maps this much of the file around each row a random read touches
 
 
 # --------------------------------------------------------------------------- batches
@@ -330,7 +331,8 @@ class PairDataset(Dataset):
         idx = _as_index(indices)
         rows = self.caption_image[idx]
         images = _read_images(self.split.images, rows)
-        self._bytes_read += images.nbytes
+        row_bytes = images[0].size * self.split.images.dtype.itemsize if len(images) else 0
+        self._bytes_read += len(idx) * max(row_bytes, _FAULT_AROUND)
         if self._bytes_read >= _RELEASE_BYTES:
             release_pages(self.split.images)
             self._bytes_read = 0
