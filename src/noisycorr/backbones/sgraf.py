@@ -320,6 +320,33 @@ class SGRAF(Backbone):
         """
         return self._block(imgs, img_glo, words, txt_glo, mask)
 
+    def global_scores(self, img_glo: Tensor, txt_glo: Tensor) -> Tensor:
+        """The head on the global similarity node alone, without the word nodes: a cheap score of every
+        (image, caption) pair from the self-attended global vectors (``img_attn`` / ``txt_attn`` outputs).
+
+        (a, d) image globals, (b, d) caption globals -> (a, b) scores in (0, 1). Per pair it costs one
+        ``d x sim_dim`` projection and the head on one node, against ``1 + L`` nodes and the word-region
+        attention of the exact score (shortlist evaluation ranks candidates with it). Chunked over images
+        by ``chunk_elems``.
+        """
+        a, dim = img_glo.shape
+        b = txt_glo.shape[0]
+        budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_glo.device.type, _DEFAULT_CHUNK["cuda"])
+        rows = max(1, budget // max(1, b * dim))
+        one = torch.ones(b, 1, dtype=torch.bool, device=txt_glo.device)
+        out = []
+        for i in range(0, a, rows):
+            glob = l2norm(self.global_proj((img_glo[i : i + rows].unsqueeze(1) - txt_glo).pow(2)), dim=-1)
+            nodes = glob.unsqueeze(2)  # (a', b, 1, s): a graph of the global node only
+            if self.head == "sgr":
+                for k, reason in enumerate(self.sgr):
+                    nodes = reason(nodes, one.unsqueeze(1), first_only=k == len(self.sgr) - 1)
+                vec = nodes[..., 0, :]
+            else:
+                vec = self.saf(nodes, one, False)
+            out.append(torch.sigmoid(self.score(vec)).squeeze(-1))
+        return torch.cat(out) if out else img_glo.new_zeros(0, b)
+
     def _block(
         self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True
     ) -> Tensor:
