@@ -31,31 +31,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
+sys.path.insert(0, str(HERE))
+from perfutil import peak_rss_mib, reset_peak_rss  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ memory
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def peak_rss_mib() -> float:
-    """This process's resident-memory high-water mark (VmHWM) since the last reset, MiB."""
-    return _status_kib("VmHWM") / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start a new high-water window (Linux >= 4.0; otherwise the peak is since process start)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 class Stages:

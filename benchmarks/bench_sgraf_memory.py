@@ -27,39 +27,14 @@ from typing import Any
 
 import torch
 
-from noisycorr.backbones.sgraf import SGRAF
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perfutil import peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
+
+from noisycorr.backbones.sgraf import SGRAF  # noqa: E402
 from noisycorr.losses import triplet_loss
 
 VOCAB, IMG_DIM, REGIONS, EMBED, SIM_DIM, STEPS = 8481, 2048, 36, 1024, 256, 3
 LEN_MIN, LEN_MAX = 8, 20
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS; False where Linux does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mib() -> float:
-    """Current resident set size of this process, MiB."""
-    return _status_kib("VmRSS") / 1024.0
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size (VmHWM) of this process since start or the last reset, MiB."""
-    return _status_kib("VmHWM") / 1024.0
 
 
 def caption_lengths(n: int, gen: torch.Generator) -> torch.Tensor:
