@@ -101,14 +101,16 @@ def _cosine(vectors: Sequence[tuple[Tensor, Tensor]], chunk: int) -> Tensor:
 
 
 @torch.no_grad()
-def cheap_scores(backbones: Sequence[Backbone], encoded: Sequence[Encoded], *, chunk: int = 1000) -> Tensor:
+def cheap_scores(
+    backbones: Sequence[Backbone], encoded: Sequence[Encoded], *, chunk: int = 1000, cache: dict | None = None
+) -> Tensor:
     """(n_img, n_txt) scores that pick the shortlist, the mean over the networks, each in [-1, 1]:
     SGRAF's head on its global node alone (:meth:`SGRAF.global_scores`), for another backbone the
-    cosine of :func:`global_vectors`."""
+    cosine of :func:`global_vectors`. ``cache`` keeps SGRAF's global vectors for the exact scoring."""
     total: Tensor | None = None
     for backbone, enc in zip(backbones, encoded, strict=True):
         if isinstance(backbone, SGRAF):
-            img_glo, txt_glo, _, _ = _sgraf_globals(backbone, enc)
+            img_glo, txt_glo, _, _ = _sgraf_globals(backbone, enc, cache)
             scores = backbone.global_scores(img_glo, txt_glo).float()
         else:
             scores = _cosine([global_vectors(backbone, *enc)], chunk)
@@ -120,11 +122,11 @@ def cheap_scores(backbones: Sequence[Backbone], encoded: Sequence[Encoded], *, c
 RowScorer = Callable[[int, Tensor], Tensor]
 
 
-def _row_scorer(backbone: Backbone, encoded: Encoded) -> RowScorer:
+def _row_scorer(backbone: Backbone, encoded: Encoded, cache: dict | None = None) -> RowScorer:
     """``score(i, cols)``: exact scores (len(cols),) of image ``i`` against the captions ``cols``."""
     img, txt, lens = encoded
     if isinstance(backbone, SGRAF):
-        return _sgraf_row_scorer(backbone, encoded)
+        return _sgraf_row_scorer(backbone, encoded, cache)
 
     def score(i: int, cols: Tensor) -> Tensor:
         return backbone.similarity(img[i : i + 1], txt[cols], None if lens is None else lens[cols])[0]
@@ -132,8 +134,13 @@ def _row_scorer(backbone: Backbone, encoded: Encoded) -> RowScorer:
     return score
 
 
-def _sgraf_globals(backbone: SGRAF, encoded: Encoded) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SGRAF's self-attended global vectors (n_img, d), (n_txt, d), the (n_txt,) lengths and (n_txt, L) word mask."""
+def _sgraf_globals(
+    backbone: SGRAF, encoded: Encoded, cache: dict | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SGRAF's self-attended global vectors (n_img, d), (n_txt, d), the (n_txt,) lengths and (n_txt, L) word mask;
+    computed once per backbone when a ``cache`` dict is shared between the cheap and the exact scoring."""
+    if cache is not None and id(backbone) in cache:
+        return cache[id(backbone)]
     img, txt, lens = encoded
     n_txt, max_len, dim = txt.shape
     if lens is None:
@@ -145,10 +152,13 @@ def _sgraf_globals(backbone: SGRAF, encoded: Encoded) -> tuple[Tensor, Tensor, T
     txt_glo = torch.cat([backbone.txt_attn(txt[j : j + step], words[j : j + step]) for j in range(0, n_txt, step)])
     img_step = max(1, budget // max(1, img.shape[1] * dim))
     img_glo = torch.cat([backbone.img_attn(img[i : i + img_step]) for i in range(0, img.shape[0], img_step)])
-    return img_glo, txt_glo, lens, words
+    out = (img_glo, txt_glo, lens, words)
+    if cache is not None:
+        cache[id(backbone)] = out
+    return out
 
 
-def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
+def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded, cache: dict | None = None) -> RowScorer:
     """SGRAF's head on (1 image x candidates) blocks, the self-attended global vectors computed once.
 
     ``SGRAF.similarity`` recomputes the caption global vectors of every caption it is given, which for
@@ -157,7 +167,7 @@ def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
     img, txt, lens = encoded
     dim = txt.shape[-1]
     budget = backbone.chunk_elems or _SGRAF_BUDGET.get(txt.device.type, _SGRAF_BUDGET["cuda"])
-    img_glo, txt_glo, lens, words = _sgraf_globals(backbone, encoded)
+    img_glo, txt_glo, lens, words = _sgraf_globals(backbone, encoded, cache)
 
     def score(i: int, cols: Tensor) -> Tensor:
         # Candidates by length, in groups trimmed to their own longest caption (little padding).
@@ -178,11 +188,13 @@ def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded) -> RowScorer:
 
 
 @torch.no_grad()
-def _score_candidates(backbone: Backbone, encoded: Encoded, mask: Tensor, cheap: Tensor) -> Tensor:
+def _score_candidates(
+    backbone: Backbone, encoded: Encoded, mask: Tensor, cheap: Tensor, cache: dict | None = None
+) -> Tensor:
     """Exact scores on ``mask``, ``cheap`` shifted below them elsewhere: (n_img, n_txt) float32 on the CPU."""
     out = cheap.to(device="cpu", dtype=torch.float32, copy=True)
     scored = mask.cpu()
-    score = _row_scorer(backbone, encoded)
+    score = _row_scorer(backbone, encoded, cache)
     for i in range(mask.shape[0]):
         cols = mask[i].nonzero().squeeze(1)
         if cols.numel():
@@ -217,6 +229,7 @@ def shortlist_similarities(
     """
     if len(backbones) != len(encoded) or not backbones:
         raise InputError("encoded", f"one (img, txt, lengths) per backbone ({len(backbones)})", str(len(encoded)))
-    cheap = cheap_scores(backbones, encoded, chunk=chunk)
+    cache: dict = {}
+    cheap = cheap_scores(backbones, encoded, chunk=chunk, cache=cache)
     mask = shortlist_mask(cheap, k, chunk=chunk)
-    return [_score_candidates(b, e, mask, cheap) for b, e in zip(backbones, encoded, strict=True)]
+    return [_score_candidates(b, e, mask, cheap, cache) for b, e in zip(backbones, encoded, strict=True)]
