@@ -67,3 +67,40 @@ def test_dropout_only_in_training():
         assert torch.equal(enc(tokens, lens)[0], enc(tokens, lens)[0])
         enc.train()
         assert not torch.equal(enc(tokens, lens)[0], enc(tokens, lens)[0])
+
+
+def _packed(enc: BiGRUTextEncoder, tokens, lens):
+    """The packed-GRU path (the one training differentiates through)."""
+    with torch.enable_grad():
+        out, _ = enc(tokens, lens)
+    return out.detach()
+
+
+@pytest.mark.parametrize("per_word", [False, True])
+def test_inference_word_table_equals_the_packed_gru(per_word):
+    enc = make(per_word=per_word)
+    for lengths, pad in (([6, 2, 4, 5, 2, 6], 9), ([3, 3, 3], 3), ([2], 2)):
+        tokens, lens = random_captions(lengths, VOCAB, pad_to=pad)
+        with torch.no_grad():
+            fast, _ = enc(tokens, lens)
+        assert enc._table is not None, "the table path did not run"
+        torch.testing.assert_close(fast, _packed(enc, tokens, lens), atol=1e-6, rtol=0)
+        assert (fast[torch.arange(pad) >= lens[:, None]] == 0).all()
+
+
+def test_word_table_follows_weight_updates():
+    enc = make()
+    tokens, lens = random_captions([5, 3, 4], VOCAB, pad_to=6)
+    with torch.no_grad():
+        enc(tokens, lens)
+    opt = torch.optim.SGD(enc.parameters(), lr=0.5)
+    _packed_out = enc(tokens, lens)[0]
+    _packed_out.sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after_step, _ = enc(tokens, lens)
+    torch.testing.assert_close(after_step, _packed(enc, tokens, lens), atol=1e-6, rtol=0)
+    enc.load_state_dict(make(num_layers=1).state_dict() | {"embed.weight": torch.randn(VOCAB, WORD)})
+    with torch.no_grad():
+        after_load, _ = enc(tokens, lens)
+    torch.testing.assert_close(after_load, _packed(enc, tokens, lens), atol=1e-6, rtol=0)

@@ -56,6 +56,83 @@ class BiGRUTextEncoder(nn.Module):
         self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=True)
         self.embed_size = embed_size
         self.per_word = per_word
+        self._table: tuple[tuple[tuple[int, int], ...], Tensor] | None = None
+
+    # Inference on the CPU skips the GRU's input projection: every word's projection, one (2, V, 3H)
+    # table per weight version, is looked up instead of recomputed per token (about 45 % of the GRU's
+    # FLOPs at word_dim 300, embed_size 256). Equal to the packed GRU to float rounding.
+    TABLE_MAX_BYTES = 256 * 2**20
+
+    def _use_table(self, tokens: Tensor) -> bool:
+        """Whether the table path applies: no gradient, no active dropout, CPU, one layer, table small enough."""
+        rnn = self.rnn
+        return (
+            not torch.is_grad_enabled()
+            and not (self.training and self.dropout.p > 0)
+            and tokens.device.type == "cpu"
+            and rnn.num_layers == 1
+            and rnn.weight_ih_l0.dtype == torch.float32
+            and self.embed.num_embeddings * 6 * self.embed_size * 4 <= self.TABLE_MAX_BYTES
+        )
+
+    def _input_table(self) -> Tensor:
+        """(2, V, 3H) input-gate pre-activations of every word, forward and backward direction (cached)."""
+        rnn = self.rnn
+        params = (self.embed.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_ih_l0_reverse, rnn.bias_ih_l0_reverse)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._table is None or self._table[0] != key:
+            words = self.embed.weight
+            table = torch.stack(
+                [
+                    torch.addmm(rnn.bias_ih_l0, words, rnn.weight_ih_l0.t()),
+                    torch.addmm(rnn.bias_ih_l0_reverse, words, rnn.weight_ih_l0_reverse.t()),
+                ]
+            )
+            self._table = (key, table)
+        return self._table[1]
+
+    def _forward_table(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The bidirectional GRU of :meth:`forward` from the word table, without packing.
+
+        Captions are sorted by length and each direction reads its caption left-aligned (the backward
+        direction reversed within its length), so step ``t`` updates the first ``active[t]`` rows of both
+        directions with one batched matmul.
+
+        Returns:
+            (B, L, H) direction-averaged word features, zeros on padding.
+        """
+        rnn, h_size = self.rnn, self.embed_size
+        batch, max_len = tokens.shape
+        table = self._input_table()
+        w_hh = torch.stack([rnn.weight_hh_l0.t(), rnn.weight_hh_l0_reverse.t()])  # (2, H, 3H)
+        b_hh = torch.stack([rnn.bias_hh_l0, rnn.bias_hh_l0_reverse])[:, None]  # (2, 1, 3H)
+        lengths = lengths.to(torch.long).cpu()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        lens, toks = lengths[order], tokens[order]
+        steps = torch.arange(max_len)
+        valid = steps < lens[:, None]  # (B, L)
+        rev = torch.where(valid, lens[:, None] - 1 - steps, steps)  # within-length reversal, identity on padding
+        gates_in = torch.stack([table[0][toks], table[1][toks.gather(1, rev)]])  # (2, B, L, 3H)
+        active = valid.sum(0).tolist()
+        hidden = tokens.new_zeros((2, batch, h_size), dtype=table.dtype)
+        out = tokens.new_zeros((2, batch, max_len, h_size), dtype=table.dtype)
+        for t in range(max_len):
+            n = active[t]
+            if n == 0:
+                break
+            h = hidden[:, :n]
+            gh = torch.baddbmm(b_hh, h, w_hh)  # (2, n, 3H)
+            gi = gates_in[:, :n, t]
+            rz = torch.sigmoid(gi[..., : 2 * h_size] + gh[..., : 2 * h_size])
+            cand = torch.tanh(gi[..., 2 * h_size :] + rz[..., :h_size] * gh[..., 2 * h_size :])
+            h = cand + rz[..., h_size:] * (h - cand)
+            hidden[:, :n] = h
+            out[:, :n, t] = h
+        backward = out[1].gather(1, rev[..., None].expand(-1, -1, h_size)) * valid[..., None]
+        merged = (out[0] + backward) / 2
+        result = torch.empty_like(merged)
+        result[order] = merged
+        return result
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Encode padded captions.
@@ -68,6 +145,9 @@ class BiGRUTextEncoder(nn.Module):
             (B, L, embed_size) word features (zeros on padding) and the (B,) lengths.
         """
         check_lengths(lengths, tokens.shape[0], tokens.shape[1])
+        if self._use_table(tokens):
+            out = self._forward_table(tokens, lengths)
+            return (l2norm(out, dim=-1) if self.per_word else out), lengths
         x = self.dropout(self.embed(tokens))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
