@@ -140,3 +140,33 @@ def match_confidence(scores: Tensor, margin: float, top_fraction: float = 0.1, *
     k = int(scores.shape[0] * top_fraction) + 1
     top = p.topk(min(k, p.numel())).values.mean()
     return (p / top.clamp(min=1e-8)).clamp(max=1.0)
+
+
+def complementary_contrastive_loss(scores: Tensor, temperature: float = 0.05, *, eps: float = 1e-7) -> Tensor:
+    """Complementary contrastive loss, ``log`` form (RCL, Hu et al., TPAMI 2023).
+
+    It learns only from the negatives, which stay negatives whether or not the positive pair is
+    mismatched: with ``P`` the row softmax of ``scores / temperature`` (image -> caption) and
+    ``Q`` the row softmax of its transpose (caption -> image),
+
+    ``loss = -mean_i sum_{j != i} log(1 - P[i, j]) - mean_j sum_{i != j} log(1 - Q[j, i])``.
+
+    A mismatched positive is never pulled together, only pushed away from the other samples less
+    than a negative would be.
+
+    Args:
+        scores: (B, B) similarities, positives on the diagonal; computed in float32.
+        temperature: softmax temperature (RCL: 0.05).
+        eps: keeps ``log(1 - P)`` finite where a negative takes all the probability.
+
+    Returns:
+        A scalar.
+    """
+    logits = scores.float() / temperature
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    total = logits.new_zeros(())
+    for table in (logits, logits.t()):
+        p = torch.softmax(table, dim=1)
+        comp = -torch.log((1.0 - p).clamp_min(eps)).masked_fill(eye, 0.0)
+        total = total + comp.sum(dim=1).mean()
+    return total

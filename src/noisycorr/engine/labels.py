@@ -374,6 +374,10 @@ class LabelTask:
         """(N,) bool: whether both of an item's noisy labels equal the file's labels (diagnostics only)."""
         return (prep.train_noisy == prep.train.labels[None]).all(-1).all(0)
 
+    def pairing(self, prep: PreparedLabels) -> None:
+        """No pairing to score: items carry no replacement partners."""
+        return None
+
     def set_epoch(self, train_set: LabelTrainSet, epoch: int) -> None:
         pass
 

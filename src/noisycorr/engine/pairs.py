@@ -139,6 +139,11 @@ class PairTask:
         """(N,) bool: which training pairs are truly matched, when the noise is synthetic (diagnostics only)."""
         return data.clean if data.noise is not None else None
 
+    def pairing(self, data: PreparedData) -> tuple[np.ndarray, np.ndarray] | None:
+        """(N,) image row each training pair carries and (N,) image row each caption truly belongs to,
+        when the noise is synthetic: the replacement precision of the diagnostics only."""
+        return (data.caption_image, data.train.image_of_caption()) if data.noise is not None else None
+
     def set_epoch(self, train_set: PairDataset, epoch: int) -> None:
         train_set.set_epoch(epoch)
 

@@ -136,6 +136,7 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
     ctx = task.context(cfg, method, data, train_set, device)
     ctx.progress = bars
     truth = task.truth(data)
+    pairing = task.pairing(data)  # diagnostics only, like the truth
     t_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -148,7 +149,7 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
         row["select_seconds"] = round(time.perf_counter() - t0, 3)
         method.train()
         if main:
-            row.update(diagnostics_row(method.diagnostics(), truth))
+            row.update(diagnostics_row(method.diagnostics(), truth, pairing))
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
         epoch_diag = method.epoch_diagnostics()  # on every rank: a method may gather across ranks here
         if not main:
             continue
-        row.update(diagnostics_row(epoch_diag, truth))
+        row.update(diagnostics_row(epoch_diag, truth, pairing))
         val = task.validate(cfg, method, data, device)
         row.update({f"val_{k}": v for k, v in val.items()})
         if val[metric] > best[metric]:

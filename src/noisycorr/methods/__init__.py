@@ -7,12 +7,13 @@ A new method's author starts with :mod:`noisycorr.methods.base` (the contract) a
 from noisycorr.methods.base import Method, OptimizerSpec, Phase, Update
 from noisycorr.methods.bicro import BiCro, BiCroPP
 from noisycorr.methods.ce import CrossEntropy
-from noisycorr.methods.context import EpochContext, LabelEpochContext, StepControl
+from noisycorr.methods.context import EpochContext, LabelEpochContext, PairEpochContext, StepControl
 from noisycorr.methods.in2r import IN2R
 from noisycorr.methods.labeled_base import LabelMethod
 from noisycorr.methods.mrl import MRL
 from noisycorr.methods.ncr import NCR
 from noisycorr.methods.nirnl import NIRNL
+from noisycorr.methods.pcsr import PCSR
 from noisycorr.methods.vanilla import Vanilla
 
 __all__ = [
@@ -22,12 +23,14 @@ __all__ = [
     "MRL",
     "NCR",
     "NIRNL",
+    "PCSR",
     "CrossEntropy",
     "EpochContext",
     "LabelEpochContext",
     "LabelMethod",
     "Method",
     "OptimizerSpec",
+    "PairEpochContext",
     "Phase",
     "StepControl",
     "Update",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,6 +48,21 @@ class EpochContext(Protocol):
         Returns:
             (N, ...) float tensor on the CPU, row k = sample index k.
         """
+        ...
+
+
+@runtime_checkable
+class PairEpochContext(EpochContext, Protocol):
+    """The pair task's context: also the batch of any training pairs, by sample index.
+
+    A method that trains a pair with another sample's caption or image (PCSR's replacement) reads
+    that sample through ``fetch``: the batch carries what a training batch carries (features, tokens,
+    sample index), never an image row.
+    """
+
+    def fetch(self, indices: np.ndarray) -> Any:
+        """The :class:`~noisycorr.data.dataset.PairBatch` of training samples ``indices`` (b,) int64,
+        in that order, without augmentation, on the CPU."""
         ...
 
 

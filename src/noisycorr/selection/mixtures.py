@@ -350,12 +350,18 @@ class Selection:
             mismatched), kept for diagnostics; None when unknown.
         groups: named (N,) bool masks of the subsets a method trains differently (e.g. NIRNL's
             pure / hard / noisy); None when the split has two sides only.
+        partners: replacement partners the method trains samples with (pairs task), by kind:
+            ``"caption"``: (N,) int64, pair k is trained with the caption of sample ``partners[k]``
+            (its own image kept); ``"image"``: pair k's caption with the image of sample
+            ``partners[k]``; -1 where a pair is not replaced. The engine scores their precision
+            against the clean pairing for the log (``diag_*replace_{kind}_precision``).
     """
 
     prob: np.ndarray | None
     clean: np.ndarray
     loss: np.ndarray | None = None
     groups: dict[str, np.ndarray] | None = None
+    partners: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.clean = np.asarray(self.clean, dtype=bool)
@@ -369,6 +375,10 @@ class Selection:
         for name, mask in (self.groups or {}).items():
             if np.shape(mask) != self.clean.shape:
                 raise InputError("Selection", f"group {name!r} of shape {self.clean.shape}", str(np.shape(mask)))
+        for name, idx in (self.partners or {}).items():
+            if name not in ("caption", "image") or np.shape(idx) != self.clean.shape:
+                raise InputError("Selection", f"partners 'caption' / 'image' of shape {self.clean.shape}",
+                                 f"{name!r} of shape {np.shape(idx)}")
 
     @classmethod
     def from_losses(
