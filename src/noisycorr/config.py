@@ -36,6 +36,12 @@ class DataConfig:
     region_drop: float = 0.0
     token_aug: float = 0.0
     val_max_images: int | None = None  # validate on the first N images only (None: all)
+    # The meta set (pairs the user declares clean, MSCN): auto (val for a method that uses one, else none) |
+    # none | val (whole validation images, removed from validation) | file (training pair indices in meta_file)
+    meta_source: str = "auto"
+    meta_size: float = 0.02  # val source: pairs, or a share of the training pairs when below 1 (MSCN F30K: 2 %)
+    meta_file: str | None = None  # file source: hand-checked training pair indices (.npy, or one per line)
+    meta_seed: int = 0  # which validation images (fixed across run seeds)
 
 
 @dataclass
@@ -321,6 +327,7 @@ _RANGES_PAIRS = {
     "data.region_drop": _UNIT_OPEN,
     "data.token_aug": _UNIT_OPEN,
     "data.val_max_images": _AT_LEAST_ONE,
+    "data.meta_size": _POSITIVE,
     "eval.batch_size": _AT_LEAST_ONE,
     "eval.img_chunk": _AT_LEAST_ONE,
     "eval.txt_chunk": _AT_LEAST_ONE,
@@ -338,6 +345,7 @@ _RANGES_LABELS = {
 }
 _NOISE_PROTOCOLS = ("per_caption", "per_image")
 _EVAL_MODES = ("exact", "shortlist")
+_META_SOURCES = ("auto", "none", "val", "file")
 
 
 def _range_text(kind: str, low: float, low_ok: bool, high: float | None, high_ok: bool) -> str:
@@ -365,6 +373,9 @@ def check_values(cfg: AnyConfig, source: str = "config") -> None:
     if isinstance(cfg, Config) and cfg.noise.protocol not in _NOISE_PROTOCOLS:
         raise InputError(source, f"one of {', '.join(_NOISE_PROTOCOLS)}", repr(cfg.noise.protocol),
                          where="noise.protocol")
+    if isinstance(cfg, Config) and cfg.data.meta_source not in _META_SOURCES:
+        raise InputError(source, f"one of {', '.join(_META_SOURCES)}", repr(cfg.data.meta_source),
+                         where="data.meta_source")
     if isinstance(cfg, Config) and cfg.eval.mode not in _EVAL_MODES:
         raise InputError(source, f"one of {', '.join(_EVAL_MODES)}", repr(cfg.eval.mode), where="eval.mode")
 

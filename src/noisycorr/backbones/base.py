@@ -93,6 +93,22 @@ class Backbone(nn.Module):
         """Score every image against every caption: (n_img, ...), (n_txt, ...) -> (n_img, n_txt)."""
         raise NotImplementedError
 
+    @property
+    def vector_dim(self) -> int:
+        """Size S of the similarity representation (:meth:`similarity_vectors`); 0 when there is none."""
+        return 0
+
+    def similarity_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """The representation of every (image, caption) pair the score is read from, before the score head:
+        (n_img, ...), (n_txt, ...) -> (n_img, n_txt, S). A learned head on it (MSCN's meta-net) can replace
+        the backbone's own. Backbones without one raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no similarity representation")
+
+    def pair_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """The representation of pairs (image b, caption b) only: (B, ...), (B, ...) -> (B, S), the diagonal
+        of :meth:`similarity_vectors` without the other pairs' cost."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no similarity representation")
+
     def global_embeddings(
         self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

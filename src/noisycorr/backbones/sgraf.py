@@ -252,6 +252,46 @@ class SGRAF(Backbone):
         Returns:
             (n_img, n_txt) scores in (0, 1).
         """
+        return self._tiled(img_emb, txt_emb, txt_lengths, vectors=False)
+
+    @property
+    def vector_dim(self) -> int:
+        return int(self.score.in_features)
+
+    def similarity_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """The head's input for every pair: SGR's read-out global node or SAF's filtered vector, the
+        (n_img, n_txt, sim_dim) vectors ``similarity`` applies ``sigmoid(score(.))`` to (same sub-blocks)."""
+        return self._tiled(img_emb, txt_emb, txt_lengths, vectors=True)
+
+    def pair_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """(B, R, embed) regions, (B, L, embed) words -> (B, sim_dim) head inputs of pairs (b, b) only.
+
+        The word-region attention is computed per pair (B x R x L, not B x B x R x L); the nodes then go
+        through the same reasoning / filtration as a (1, B) block. Not sub-blocked: callers bound B.
+        """
+        self._check_regions(img_emb, "img_emb")
+        n, max_len = txt_emb.shape[0], txt_emb.shape[1]
+        if txt_lengths is None:
+            txt_lengths = torch.full((n,), max_len, dtype=torch.long, device=txt_emb.device)
+        check_lengths(txt_lengths, n, max_len)
+        txt_lengths = txt_lengths.to(txt_emb.device)
+        budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_emb.device.type, _DEFAULT_CHUNK["cuda"])
+        img_glo = _global_vectors(self.img_attn, img_emb, None, budget)
+        used = int(txt_lengths.max()) if n else 0
+        words = txt_emb[:, :used]
+        mask = length_mask(txt_lengths, used)
+        txt_glo = _global_vectors(self.txt_attn, words, mask, budget)
+        attn = F.leaky_relu(torch.einsum("brd,bld->brl", img_emb, words), 0.1) * mask[:, None, :]
+        attn = torch.softmax(l2norm(attn, dim=2) * self.lambda_softmax, dim=1)
+        attended = l2norm(torch.einsum("brl,brd->bld", attn, img_emb), dim=-1)
+        local = l2norm(self.local_proj((attended - words).pow(2)), dim=-1)
+        glob = l2norm(self.global_proj((img_glo - txt_glo).pow(2)), dim=-1)
+        nodes = torch.cat([glob.unsqueeze(1), local], dim=1).unsqueeze(0)  # (1, B, 1 + L, s)
+        node_mask = torch.cat([mask.new_ones(n, 1), mask], dim=1)
+        return self._head_input(nodes, node_mask, True)[0]
+
+    def _tiled(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None, *, vectors: bool) -> Tensor:
+        """``similarity`` (scores) or ``similarity_vectors`` (head inputs) over length-sorted sub-blocks."""
         self._check_regions(img_emb, "img_emb")
         n_img, n_txt, max_len = img_emb.shape[0], txt_emb.shape[0], txt_emb.shape[1]
         if txt_lengths is None:
@@ -259,7 +299,7 @@ class SGRAF(Backbone):
         check_lengths(txt_lengths, n_txt, max_len)
         txt_lengths = txt_lengths.to(txt_emb.device)
         if n_img == 0 or n_txt == 0:
-            return img_emb.new_zeros(n_img, n_txt)
+            return img_emb.new_zeros(n_img, n_txt, *((self.vector_dim,) if vectors else ()))
         budget = self.chunk_elems or _DEFAULT_CHUNK.get(img_emb.device.type, _DEFAULT_CHUNK["cuda"])
         img_glo = _global_vectors(self.img_attn, img_emb, None, budget)
         used = int(txt_lengths.max())
@@ -283,7 +323,8 @@ class SGRAF(Backbone):
                 width = sorted_lens[start]
                 step = max(1, budget // (imgs.shape[0] * width * dim))
                 idx = order[start : start + step]
-                cols.append(block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width]))
+                cols.append(block(imgs, glos, txt_emb[idx, :width], txt_glo[idx], txt_mask[idx, :width],
+                                  vectors=vectors))
                 start += step
             rows.append(torch.cat(cols, dim=1))
         scores = torch.cat(rows, dim=0)
@@ -297,7 +338,7 @@ class SGRAF(Backbone):
             return volume > _AUTO_CHECKPOINT_ELEMS
         return self.checkpoint_blocks
 
-    def _recomputed_block(self, *inputs: Tensor) -> Tensor:
+    def _recomputed_block(self, *inputs: Tensor, vectors: bool = False) -> Tensor:
         """``_block`` keeping only its inputs for the backward pass, which runs it again; the SAF batch
         norm's running statistics are updated by the first run only."""
         runs = 0
@@ -305,7 +346,7 @@ class SGRAF(Backbone):
         def run(*args: Tensor) -> Tensor:
             nonlocal runs
             runs += 1
-            return self._block(*args, update_stats=runs == 1)
+            return self._block(*args, update_stats=runs == 1, vectors=vectors)
 
         return checkpoint(run, *inputs, use_reentrant=False)
 
@@ -348,9 +389,11 @@ class SGRAF(Backbone):
         return torch.cat(out) if out else img_glo.new_zeros(0, b)
 
     def _block(
-        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True
+        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True,
+        vectors: bool = False,
     ) -> Tensor:
-        """(a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) mask -> (a, b).
+        """(a, R, d) regions, (a, d) image globals, (b, L, d) words, (b, d) caption globals, (b, L) mask -> (a, b),
+        or with ``vectors`` the (a, b, sim_dim) head inputs.
 
         ``update_stats=False``: SAF's training-mode batch norm leaves its running statistics untouched.
         """
@@ -366,14 +409,17 @@ class SGRAF(Backbone):
         glob = l2norm(self.global_proj((img_glo.unsqueeze(1) - txt_glo).pow(2)), dim=-1)
         nodes = torch.cat([glob.unsqueeze(2), local], dim=2)  # (a, b, 1 + L, s)
         node_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        vec = self._head_input(nodes, node_mask, update_stats)
+        return vec if vectors else torch.sigmoid(self.score(vec)).squeeze(-1)
+
+    def _head_input(self, nodes: Tensor, node_mask: Tensor, update_stats: bool) -> Tensor:
+        """(a, b, 1 + L, s) nodes, (b, 1 + L) mask -> (a, b, s): SGR's read-out node or SAF's filtered vector."""
         if self.head == "sgr":
             key_mask = node_mask.unsqueeze(1)  # (b, 1, 1 + L) broadcasts over (a, b, queries, keys)
             for k, step in enumerate(self.sgr):
                 nodes = step(nodes, key_mask, first_only=k == len(self.sgr) - 1)
-            vec = nodes[..., 0, :]
-        else:
-            vec = self.saf(nodes, node_mask, update_stats)
-        return torch.sigmoid(self.score(vec)).squeeze(-1)
+            return nodes[..., 0, :]
+        return self.saf(nodes, node_mask, update_stats)
 
     def _check_regions(self, x: Tensor, name: str) -> None:
         if x.dim() != 3 or x.shape[1] != self.num_regions:

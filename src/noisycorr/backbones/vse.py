@@ -93,3 +93,16 @@ class VSE(Backbone):
     def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
         """Cosine scores: (n_img, embed), (n_txt, embed) -> (n_img, n_txt)."""
         return img_emb @ txt_emb.t()
+
+    @property
+    def vector_dim(self) -> int:
+        return self.embed_size
+
+    def similarity_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """The element-wise product of the unit embeddings, (n_img, embed), (n_txt, embed) -> (n_img, n_txt, embed):
+        the cosine is its sum, so a head on it generalises the cosine."""
+        return img_emb[:, None, :] * txt_emb[None, :, :]
+
+    def pair_vectors(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
+        """(B, embed), (B, embed) -> (B, embed) element-wise products of pairs (b, b)."""
+        return img_emb * txt_emb

@@ -50,6 +50,8 @@ class TrainContext:
         seed: run seed; fixes the pass order.
         epochs: total training epochs of the run.
         progress: show progress bars.
+        meta: the meta set of user-declared clean pairs (:class:`~noisycorr.data.meta.MetaPairs`), for
+            a method with ``uses_meta_set``; None otherwise.
     """
 
     method: nn.Module
@@ -60,6 +62,7 @@ class TrainContext:
     seed: int = 0
     epochs: int = 1
     progress: bool = False
+    meta: Any = None
 
     @property
     def n_samples(self) -> int:

@@ -127,13 +127,17 @@ class PairTask:
         write_json(paths.noise_json, noise_record(data))
         if data.noise_index is not None:
             save_noise(paths.root / "noise_index.npy", data.noise_index)
+        if data.meta is not None:  # the meta set: which pairs, and by how much validation shrank
+            write_json(paths.root / "meta.json", data.meta_json or {})
+            index = data.meta.rows if data.meta.source == "val" else data.meta.held_out
+            write_npy(paths.root / "meta_index.npy", index.astype(np.int64))
 
     def context(self, cfg: Config, method: Method, data: PreparedData, train_set: PairDataset,
                 device: torch.device) -> TrainContext:
         """Per-sample passes see the (noisy) training pairs without augmentation."""
         plain = PairDataset(data.train, data.vocab, data.caption_image, train=False, encoded=train_set.encoded)
         return pair_context(method, plain, batch_size=cfg.train.batch_size, device=device, seed=cfg.train.seed,
-                            epochs=cfg.train.epochs, progress=cfg.run.progress)
+                            epochs=cfg.train.epochs, progress=cfg.run.progress, meta=data.meta)
 
     def truth(self, data: PreparedData) -> np.ndarray | None:
         """(N,) bool: which training pairs are truly matched, when the noise is synthetic (diagnostics only)."""

@@ -15,6 +15,7 @@ import torch
 
 from noisycorr.config import Config
 from noisycorr.data import synthetic
+from noisycorr.data.meta import MetaPairs, meta_from_file, meta_from_val, meta_pairs_wanted, meta_record
 from noisycorr.data.noise import (
     NoiseInfo,
     caption_to_image,
@@ -45,6 +46,8 @@ class PreparedData:
     noise_index: np.ndarray | None  # the protocol's index array (saved with the run)
     noise: NoiseInfo | None
     clean: np.ndarray  # (N_cap,) bool ground truth of the injected noise: diagnostics only
+    meta: MetaPairs | None = None  # the pairs the user declares clean (data.meta_source), for the method
+    meta_json: dict | None = None  # what meta.json records (sizes, how much validation shrank)
 
 
 def cache_dir() -> Path:
@@ -165,7 +168,37 @@ def prepare_data(cfg: Config, *, with_test: bool = True) -> PreparedData:
     else:
         pairing = caption_to_image(cfg.noise.protocol, index, train.n_images, train.captions_per_image)
     clean = clean_mask(pairing, train.captions_per_image)
-    return PreparedData(root, train, val, test, vocab, pairing, index, info, clean)
+    meta, val_kept = make_meta(cfg, train, val, vocab, pairing)
+    record = meta_record(meta, val_before=val, val_after=val_kept) if meta is not None else None
+    return PreparedData(root, train, val_kept, test, vocab, pairing, index, info, clean, meta, record)
+
+
+def meta_source(cfg: Config) -> str:
+    """``data.meta_source`` with ``auto`` resolved: ``val`` for a method that uses a meta set, else ``none``."""
+    source = cfg.data.meta_source
+    if source == "auto":
+        uses = getattr(get_method_class(str(cfg.method["name"])), "uses_meta_set", False)
+        return "val" if uses else "none"
+    return source
+
+
+def make_meta(
+    cfg: Config, train: PrecompSplit, val: PrecompSplit, vocab: Vocabulary, pairing: np.ndarray
+) -> tuple[MetaPairs | None, PrecompSplit]:
+    """The meta set of ``cfg`` and the validation split it leaves (smaller when drawn from it).
+
+    The meta set comes from validation images or from the user's file of training pairs, never from
+    the test split; with ``file`` the pairs keep the images they carry in ``pairing``.
+    """
+    source = meta_source(cfg)
+    if source == "none":
+        return None, val
+    if source == "file":
+        if not cfg.data.meta_file:
+            raise InputError("data.meta_file", "a file of training pair indices for data.meta_source=file", "none")
+        return meta_from_file(train, vocab, pairing, cfg.data.meta_file), val
+    n_pairs = meta_pairs_wanted(cfg.data.meta_size, train.n_captions)
+    return meta_from_val(val, vocab, n_pairs=n_pairs, seed=cfg.data.meta_seed)
 
 
 def noise_record(data: PreparedData) -> dict:

@@ -11,6 +11,7 @@ from noisycorr.methods.context import EpochContext, LabelEpochContext, PairEpoch
 from noisycorr.methods.in2r import IN2R
 from noisycorr.methods.labeled_base import LabelMethod
 from noisycorr.methods.mrl import MRL
+from noisycorr.methods.mscn import MSCN
 from noisycorr.methods.ncr import NCR
 from noisycorr.methods.nirnl import NIRNL
 from noisycorr.methods.pcsr import PCSR
@@ -21,6 +22,7 @@ __all__ = [
     "BiCroPP",
     "IN2R",
     "MRL",
+    "MSCN",
     "NCR",
     "NIRNL",
     "PCSR",

@@ -41,6 +41,11 @@ What the engine asks besides (each has a default):
 - ``score_pairs(ctx)``: the audit's (N,) clean probability of every training pair, computed with
   the method's own settings (``margin``, ``estimator``, ``pass_batch_size``, ``monotone`` of its
   Config when it has them).
+- ``uses_meta_set = True``: the method learns from a meta set, a few pairs the user declares clean
+  (``data.meta_source``: validation images, which validation then lacks, or a file of training pair
+  indices; ``auto`` gives such a method the validation source). The pair task's context then has
+  ``meta`` (:class:`~noisycorr.data.meta.MetaPairs`: features, captions and declared image of each
+  meta pair, and the training indices a file source holds apart); it is None otherwise.
 - Extra trained state (memories, codebooks, histories) is kept in *buffers* (``register_buffer``, of
   fixed shape: a ring with a size counter, an (N, T) history) so it is saved in ``checkpoint.pt``
   and restored on ``--resume``. State-dict prefixes listed in ``training_only_state`` are kept out
@@ -144,6 +149,8 @@ class Method(nn.Module):
     training_only_state: ClassVar[tuple[str, ...]] = ()
     # True: training_step gets ``control=`` and runs backward / step itself.
     manual_optimization: ClassVar[bool] = False
+    # True: the pair task gives the method a meta set of user-declared clean pairs (``ctx.meta``).
+    uses_meta_set: ClassVar[bool] = False
 
     @dataclasses.dataclass
     class Config:

@@ -160,12 +160,22 @@ def gmm_clean_probability(
     return monotone_in_loss(x, prob) if monotone else prob
 
 
+def _moment_params(mean: float, var: float) -> tuple[float, float]:
+    """(alpha, beta) of the Beta with this mean and variance, the variance kept where both stay finite."""
+    limit = mean * (1.0 - mean)
+    var = min(max(var, limit / (_MAX_CONCENTRATION + 1.0)), limit * _MAX_VAR_RATIO)
+    common = limit / var - 1.0
+    return mean * common, (1.0 - mean) * common
+
+
 class BetaMixture1D:
     """Two-component Beta mixture on [0, 1], fitted by EM with a weighted method-of-moments M-step.
 
-    Values are clipped into ``[eps, 1 - eps]`` before fitting and evaluation. Initial state:
-    alphas ``[1, 2]``, betas ``[2, 1]`` (component 0 leans to 0, component 1 to 1), weights
-    ``[0.5, 0.5]``. ``fit`` always restarts from this state and runs exactly ``max_iter`` EM steps.
+    Values are clipped into ``[eps, 1 - eps]`` before fitting and evaluation. Initial state: ``init``
+    (alphas, betas, weights), by default alphas ``[1, 2]``, betas ``[2, 1]`` (component 0 leans to 0,
+    component 1 to 1), weights ``[0.5, 0.5]``; :meth:`from_groups` starts each component from a group of
+    samples (MSCN: the meta set's noisy and clean scores). ``fit`` always restarts from this state and
+    runs exactly ``max_iter`` EM steps.
 
     Attributes:
         alphas: (2,) first shape parameters.
@@ -173,19 +183,48 @@ class BetaMixture1D:
         weights: (2,) mixing weights (sum to 1).
     """
 
-    def __init__(self, *, max_iter: int = 10, eps: float = 1e-4):
+    def __init__(
+        self, *, max_iter: int = 10, eps: float = 1e-4,
+        init: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ):
         if int(max_iter) < 0:
             raise InputError("max_iter", "a non-negative integer", str(max_iter))
         if not 0.0 < float(eps) < 0.5:
             raise InputError("eps", "a value in (0, 0.5)", str(eps))
         self.max_iter = int(max_iter)
         self.eps = float(eps)
+        if init is None:
+            init = (np.array([1.0, 2.0]), np.array([2.0, 1.0]), np.array([0.5, 0.5]))
+        alphas, betas, weights = (np.asarray(v, dtype=np.float64).copy() for v in init)
+        ok = all(v.shape == (2,) and np.isfinite(v).all() and (v > 0).all() for v in (alphas, betas, weights))
+        if not ok or not np.isclose(weights.sum(), 1.0):
+            raise InputError("init", "(alphas, betas, weights), each 2 positive numbers, weights summing to 1",
+                             f"{alphas}, {betas}, {weights}")
+        self._init = (alphas, betas, weights)
         self._reset()
 
+    @classmethod
+    def from_groups(
+        cls, first: np.ndarray, second: np.ndarray, *, max_iter: int = 10, eps: float = 1e-4
+    ) -> BetaMixture1D:
+        """A mixture whose component k starts at the moment-matched Beta of group k, weights ``[0.5, 0.5]``.
+
+        Args:
+            first, second: (n_k,) values in [0, 1], at least 2 each (clipped into ``[eps, 1 - eps]``).
+        """
+        probe = cls(max_iter=max_iter, eps=eps)
+        params = []
+        for name, group in (("first", first), ("second", second)):
+            x = probe._prepare(group)
+            if x.size < 2:
+                raise InputError(name, "at least 2 values to initialise a component", f"{x.size}")
+            params.append(_moment_params(float(x.mean()), float(x.var())))
+        alphas = np.array([params[0][0], params[1][0]])
+        betas = np.array([params[0][1], params[1][1]])
+        return cls(max_iter=max_iter, eps=eps, init=(alphas, betas, np.array([0.5, 0.5])))
+
     def _reset(self) -> None:
-        self.alphas = np.array([1.0, 2.0])
-        self.betas = np.array([2.0, 1.0])
-        self.weights = np.array([0.5, 0.5])
+        self.alphas, self.betas, self.weights = (v.copy() for v in self._init)
 
     @property
     def means(self) -> np.ndarray:
@@ -219,11 +258,7 @@ class BetaMixture1D:
                 continue
             mean = float(np.dot(r, x) / mass)
             var = float(np.dot(r, (x - mean) ** 2) / mass)
-            limit = mean * (1.0 - mean)
-            var = min(max(var, limit / (_MAX_CONCENTRATION + 1.0)), limit * _MAX_VAR_RATIO)
-            common = limit / var - 1.0
-            self.alphas[k] = mean * common
-            self.betas[k] = (1.0 - mean) * common
+            self.alphas[k], self.betas[k] = _moment_params(mean, var)
         self.weights = resp.sum(axis=0) / resp.shape[0]
 
     def fit(self, x: np.ndarray) -> BetaMixture1D:

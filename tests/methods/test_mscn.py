@@ -1,0 +1,193 @@
+"""MSCN: the functional virtual step against a copied network stepped by its optimiser, the meta
+gradient through it, the soft margin, the Beta mixture's given start, and the meta set (disjoint from
+validation and test, recorded, held apart from training, bad files refused)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from method_helpers import random_batch
+
+from noisycorr.backbones.vse import VSE
+from noisycorr.config import load_config
+from noisycorr.data.meta import read_index_file
+from noisycorr.data.precomp import load_precomp
+from noisycorr.data.synthetic import write_synthetic
+from noisycorr.engine.setup import prepare_data
+from noisycorr.errors import InputError
+from noisycorr.methods.mscn import MSCN, mscn_margin
+from noisycorr.selection import BetaMixture1D
+
+
+def _method(kind: str = "adam") -> MSCN:
+    torch.manual_seed(0)
+    cfg = MSCN.Config(virtual_step=kind, warmup_epochs=0, meta_hidden=5)
+    return MSCN(cfg, lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+
+
+def _inputs(batch):
+    return batch.images, batch.tokens, batch.lengths
+
+
+@pytest.mark.parametrize(
+    ("kind", "opt_cls", "wd"),
+    [("adam", torch.optim.Adam, 0.0), ("adam", torch.optim.Adam, 0.05), ("adam", torch.optim.AdamW, 0.05),
+     ("sgd", torch.optim.SGD, 0.0)],
+)
+def test_the_functional_virtual_step_equals_a_copied_network_stepped_by_its_optimiser(kind, opt_cls, wd):
+    method = _method(kind)
+    net = method.net_a.train()
+    lr = 1.0 if kind == "sgd" else 0.01
+    opt = opt_cls(net.net.parameters(), lr=lr, weight_decay=wd)
+    for k in range(3):  # real steps first: non-trivial moments and step counts
+        opt.zero_grad()
+        method.batch_loss(net(*_inputs(random_batch(8, 10 * k)))).backward()
+        opt.step()
+    batch = random_batch(8, 100)
+    virtual, _ = method.virtual_backbone(net, batch, opt, clip=0.01)  # a clip that bites
+
+    twin = copy.deepcopy(net)
+    twin_opt = opt_cls(twin.net.parameters(), lr=lr, weight_decay=wd)
+    twin_opt.load_state_dict(opt.state_dict())
+    method.batch_loss(twin(*_inputs(batch))).backward()
+    norm = torch.nn.utils.clip_grad_norm_(twin.net.parameters(), 0.01)
+    assert norm > 0.01
+    twin_opt.step()
+    moved = 0.0
+    for name, p in twin.net.named_parameters():
+        assert torch.allclose(virtual[f"net.{name}"], p, atol=1e-6, rtol=0), name
+        moved = max(moved, float((p - dict(net.net.named_parameters())[name]).detach().abs().max()))
+    assert moved > 1e-4  # the step did move the weights
+
+
+def test_the_meta_gradient_flows_through_the_virtual_step():
+    method = _method()
+    net = method.net_a.train()
+    opt = torch.optim.Adam(net.net.parameters(), lr=0.05)
+    virtual, buffers = method.virtual_backbone(net, random_batch(8, 1), opt, clip=0.0)
+    meta = random_batch(6, 50)
+    out = torch.func.functional_call(net, {**virtual, **buffers}, _inputs(meta), {"pairs": True})
+    full = torch.autograd.grad(out.sum(), list(net.meta.parameters()))
+    fixed = {k: v.detach() for k, v in virtual.items()}
+    out_direct = torch.func.functional_call(net, {**fixed, **buffers}, _inputs(meta), {"pairs": True})
+    direct = torch.autograd.grad(out_direct.sum(), list(net.meta.parameters()))
+    assert torch.allclose(out, out_direct)  # the same forward ...
+    gap = max(float((a - b).abs().max()) for a, b in zip(full, direct))
+    assert gap > 1e-6  # ... but the meta-net also gets the second-order term through the virtual weights
+
+
+def test_the_soft_margin_is_msc_ns():
+    p = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    expected = 0.2 * p**2 / (p**2 + (1 - p) ** 2)
+    assert torch.allclose(mscn_margin(p, 0.2), expected)
+    assert mscn_margin(torch.tensor(0.75), 0.2).item() == pytest.approx(0.18)
+
+
+def test_the_beta_mixture_starts_from_the_given_initialisation():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.beta(2, 6, 300), rng.beta(7, 2, 300)]
+    init = (np.array([2.0, 9.0]), np.array([7.0, 3.0]), np.array([0.3, 0.7]))
+    start = BetaMixture1D(max_iter=0, init=init).fit(x)
+    assert np.array_equal(start.alphas, init[0]) and np.array_equal(start.betas, init[1])
+    assert np.array_equal(start.weights, init[2])
+    # one EM step from the given start is not one from the default start
+    assert not np.allclose(BetaMixture1D(max_iter=1, init=init).fit(x).alphas, BetaMixture1D(max_iter=1).fit(x).alphas)
+    neg, pos = rng.beta(2, 8, 400), rng.beta(9, 2, 400)
+    groups = BetaMixture1D.from_groups(neg, pos, max_iter=0).fit(x)
+    assert groups.means == pytest.approx([neg.mean(), pos.mean()], abs=1e-3)
+    var = groups.alphas * groups.betas / ((groups.alphas + groups.betas) ** 2 * (groups.alphas + groups.betas + 1))
+    assert var == pytest.approx([neg.var(), pos.var()], rel=1e-2)
+    with pytest.raises(InputError):
+        BetaMixture1D(init=(np.array([1.0, -1.0]), np.array([1.0, 1.0]), np.array([0.5, 0.5])))
+
+
+# --------------------------------------------------------------------------- the meta set
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("meta")
+    write_synthetic(path, seed=5, n_train=20, n_dev=10, n_test=10, n_regions=4, feat_dim=8, n_concepts=12)
+    return path
+
+
+def _cfg(root: Path, out: Path, **values):
+    base = {"data.root": root, "data.vocab_min_count": 1, "method.name": "mscn", "noise.rate": 0.4,
+            "run.out_dir": out, **values}
+    return load_config("demo", [f"{k}={v}" for k, v in base.items()])
+
+
+def _rows(images: np.ndarray) -> set[str]:
+    return {hashlib.sha256(np.ascontiguousarray(r, dtype=np.float32).tobytes()).hexdigest() for r in images}
+
+
+def test_a_meta_set_from_validation_never_overlaps_validation_or_test(root, tmp_path):
+    data = prepare_data(_cfg(root, tmp_path / "r", **{"data.meta_size": 0.1}))  # 10 of 100 pairs: 2 images
+    full, test = load_precomp(root, "dev"), load_precomp(root, "test")
+    meta = data.meta
+    assert meta.source == "val" and len(meta) == 10 and meta.n_images == 2
+    meta_rows, val_rows = _rows(meta.images), _rows(np.asarray(data.val.images))
+    assert meta_rows.isdisjoint(val_rows) and meta_rows.isdisjoint(_rows(np.asarray(test.images)))
+    assert meta_rows | val_rows == _rows(np.asarray(full.images))  # validation lost exactly the meta images
+    meta_caps = {meta.encoded.flat[meta.encoded.offsets[k]: meta.encoded.offsets[k + 1]].tobytes() for k in
+                 range(len(meta))}
+    assert len(meta_caps) == 10
+    assert set(data.val.captions).isdisjoint(full.captions[5 * r + j] for r in meta.rows for j in range(5))
+    assert data.val.n_images == full.n_images - 2 and data.val.n_captions == full.n_captions - 10
+    assert data.meta_json["val_images_before"] == 10 and data.meta_json["val_images_after"] == 8
+    # every meta caption is paired with its own image, and its negatives with another one
+    assert np.array_equal(meta.pair_image, np.repeat([0, 1], 5))
+    other = meta.other_images(np.random.default_rng(0))
+    assert (other != meta.pair_image).all()
+
+
+def test_a_meta_set_from_a_file_holds_those_training_pairs_apart(root, tmp_path):
+    listed = tmp_path / "checked.txt"
+    listed.write_text("# hand-checked\n3\n17\n\n40  # a comment\n71\n")
+    cfg = _cfg(root, tmp_path / "r", **{"data.meta_source": "file", "data.meta_file": listed})
+    data = prepare_data(cfg)
+    meta = data.meta
+    assert meta.source == "file" and meta.held_out.tolist() == [3, 17, 40, 71]
+    carried = np.asarray(data.train.images)[data.caption_image[[3, 17, 40, 71]]]  # what the user checked
+    assert np.array_equal(meta.images[meta.pair_image], carried)
+    assert data.val.n_images == load_precomp(root, "dev").n_images  # validation untouched
+    from noisycorr.engine.pairs import PairTask
+    from noisycorr.engine.setup import build_method
+
+    method = build_method(cfg, data.vocab, PairTask.image_shape(data))
+    ctx = type("Ctx", (), {"seed": 0, "epochs": 2, "device": torch.device("cpu"), "progress": False,
+                           "n_samples": data.train.n_captions, "meta": meta})()
+    method.on_epoch_start(0, ctx)
+    for phase in method.epoch_phases(0):
+        assert len(phase.indices) == data.train.n_captions - 4
+        assert not set(phase.indices.tolist()) & {3, 17, 40, 71}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("1\n2\nthree\n", "line 3"), ("1\n\n999\n", "line 3"), ("5\n6\n5\n", "line 3"), ("-1\n", "line 1")],
+)
+def test_a_bad_index_file_is_one_line_naming_the_row(tmp_path, text, where):
+    path = tmp_path / "idx.txt"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        read_index_file(path, 100)
+    assert f"{path}: {where}: expected" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_meta_set_is_recorded_in_the_run_folder(root, tmp_path):
+    from noisycorr.engine.trainer import train
+
+    over = {"data.meta_size": 0.1, "model.embed_size": 8, "model.word_dim": 4, "train.epochs": 1,
+            "train.batch_size": 16, "train.threads": 1, "run.progress": False, "method.warmup_epochs": 1}
+    train(_cfg(root, tmp_path / "r", **over))
+    record = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert record["source"] == "val" and record["pairs"] == 10
+    assert record["val_images_before"] - record["val_images_after"] == 2
+    assert np.load(tmp_path / "r" / "meta_index.npy").shape == (2,)
