@@ -191,3 +191,27 @@ def test_the_meta_set_is_recorded_in_the_run_folder(root, tmp_path):
     assert record["source"] == "val" and record["pairs"] == 10
     assert record["val_images_before"] - record["val_images_after"] == 2
     assert np.load(tmp_path / "r" / "meta_index.npy").shape == (2,)
+
+
+@pytest.mark.parametrize("head", ["sgr", "saf"])
+def test_sgraf_exposes_the_vector_its_head_scores(head):
+    from noisycorr.backbones.sgraf import SGRAF
+
+    torch.manual_seed(0)
+    net = SGRAF(vocab_size=30, img_dim=8, embed_size=16, word_dim=8, head=head, sim_dim=12, num_regions=4).eval()
+    batch = random_batch(5, 7)
+    img = net.encode_images(torch.randn(5, 4, 8))
+    txt = net.encode_texts(batch.tokens, batch.lengths)
+    vectors = net.similarity_vectors(img, txt, batch.lengths)
+    assert vectors.shape == (5, 5, 12) and net.vector_dim == 12
+    assert torch.allclose(torch.sigmoid(net.score(vectors)).squeeze(-1), net.similarity(img, txt, batch.lengths))
+    pairs = net.pair_vectors(img, txt, batch.lengths)
+    assert torch.allclose(pairs, vectors.diagonal(dim1=0, dim2=1).t(), atol=1e-6)
+
+
+def test_vse_vectors_sum_to_its_cosine():
+    net = VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6).eval()
+    batch = random_batch(4, 3)
+    img, txt = net.encode_images(batch.images), net.encode_texts(batch.tokens, batch.lengths)
+    assert torch.allclose(net.similarity_vectors(img, txt).sum(-1), net.similarity(img, txt), atol=1e-6)
+    assert torch.allclose(net.pair_vectors(img, txt), net.similarity_vectors(img, txt).diagonal(dim1=0, dim2=1).t())
