@@ -36,6 +36,8 @@ class DataConfig:
     region_drop: float = 0.0
     token_aug: float = 0.0
     val_max_images: int | None = None  # validate on the first N images only (None: all)
+    dense_captions: str | None = None  # JSON-lines dense descriptions of the training images (D2S; data/dense.py)
+    train_text: str = "captions"  # captions | dense: train on the dense descriptions instead (D2S stage 1)
     # The meta set (pairs the user declares clean, MSCN): auto (val for a method that uses one, else none) |
     # none | val (whole validation images, removed from validation) | file (training pair indices in meta_file)
     meta_source: str = "auto"
@@ -376,6 +378,11 @@ def check_values(cfg: AnyConfig, source: str = "config") -> None:
     if isinstance(cfg, Config) and cfg.data.meta_source not in _META_SOURCES:
         raise InputError(source, f"one of {', '.join(_META_SOURCES)}", repr(cfg.data.meta_source),
                          where="data.meta_source")
+    if isinstance(cfg, Config) and cfg.data.train_text not in ("captions", "dense"):
+        raise InputError(source, "captions or dense", repr(cfg.data.train_text), where="data.train_text")
+    if isinstance(cfg, Config) and cfg.data.train_text == "dense" and not cfg.data.dense_captions:
+        raise InputError(source, "data.dense_captions (a dense-text file) with data.train_text=dense", "none",
+                         where="data.dense_captions")
     if isinstance(cfg, Config) and cfg.eval.mode not in _EVAL_MODES:
         raise InputError(source, f"one of {', '.join(_EVAL_MODES)}", repr(cfg.eval.mode), where="eval.mode")
 

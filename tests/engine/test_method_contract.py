@@ -224,8 +224,14 @@ def test_every_registered_method_trains_one_tiny_epoch(name, tiny_root, tmp_path
         assert 0.0 <= results["test"]["avg_map"] <= 1.0
     else:
         over = {"method.name": name, "train.epochs": 1, "noise.rate": 0.4}
-        if name in ("ncr", "in2r"):
+        if name in ("ncr", "in2r", "d2s-ncr"):
             over["method.warmup_epochs"] = 0  # one epoch that co-trains on the splits
+        if name.startswith("d2s"):  # dense texts of the noisy pairing, and a one-epoch stage 1 (in r/stage1)
+            from noisycorr.cli.main import main
+
+            sets = [a for o in tiny_overrides(tiny_root, tmp_path / "r", **over) for a in ("--set", o)]
+            assert main(["dense-standin", str(tmp_path / "dense.jsonl"), "-c", "demo", *sets]) == 0
+            over.update({"data.dense_captions": str(tmp_path / "dense.jsonl"), "method.stage1_epochs": 1})
         results = train(load_config("demo", tiny_overrides(tiny_root, tmp_path / "r", **over)))
         assert 0.0 <= results["test"]["rsum"] <= 600.0
         assert np.load(tmp_path / "r" / "pair_scores.npy").shape == (480,)

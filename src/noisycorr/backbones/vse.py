@@ -85,9 +85,18 @@ class VSE(Backbone):
 
     def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(B, L) token ids, (B,) lengths -> (B, embed) unit vectors."""
+        return self.pool_words(*self.encode_words(tokens, lengths))
+
+    def encode_words(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L) token ids, (B,) lengths -> the word features the caption is pooled from, (B, L', embed),
+        and their (B,) lengths (a head over the words, e.g. D2S's student, reads them)."""
         words, lengths = self.text(tokens, lengths)
         if self.txt_proj is not None:
             words = self.txt_proj(words, length_mask(lengths, words.shape[1]))
+        return words, lengths
+
+    def pool_words(self, words: Tensor, lengths: Tensor) -> Tensor:
+        """(B, L, embed) word features, (B,) lengths -> (B, embed) unit caption vectors (GPO)."""
         return l2norm(self.txt_pool(words, lengths), dim=-1)
 
     def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:

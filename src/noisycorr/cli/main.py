@@ -1,4 +1,5 @@
-"""The noisycorr command line: train, eval, featurize, audit, bench, noise, synth, demo, methods, presets."""
+"""The noisycorr command line: train, eval, featurize, audit, bench, noise, dense-standin, synth, demo, methods,
+presets."""
 
 from __future__ import annotations
 
@@ -291,6 +292,27 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dense_standin(args: argparse.Namespace) -> int:
+    """Write the stand-in dense texts of a config's training pairs (the pairing as the run gets it)."""
+    from noisycorr.data.dense import standin_dense_texts, write_dense_jsonl
+    from noisycorr.engine.setup import prepare_data
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise InputError(out, "a file name for the dense texts (OUTPUT)", "a folder")
+    if out.exists() and not args.force:
+        raise InputError(out, "a new file (or --force)", "an existing file")
+    check_writable_dir(out.parent, what="a folder for the dense texts (OUTPUT)")
+    cfg = _config(args)
+    data = prepare_data(cfg, with_test=False)
+    texts = standin_dense_texts(data.train.captions, data.caption_image)
+    write_dense_jsonl(out, texts, key="caption")
+    missing = sum(t is None for t in texts)
+    print(json.dumps({"output": str(out), "pairs": len(texts), "without_text": missing,
+                      "noise_rate": cfg.noise.rate, "noise_protocol": cfg.noise.protocol}, indent=2))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from noisycorr.data.synthetic import write_synthetic
 
@@ -481,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="where to write the file (make)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("dense-standin", help="write D2S's stand-in dense texts: each training pair's "
+                       "other captions on its image, under the config's (noisy) pairing")
+    p.add_argument("output", help="the JSON-lines file to write (data.dense_captions of the D2S run)")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT")
+    p.set_defaults(func=cmd_dense_standin)
 
     p = sub.add_parser("synth", help="write the synthetic dataset in the precomp layout")
     p.add_argument("output")

@@ -12,6 +12,7 @@ import torch
 from noisycorr import distributed as dist
 from noisycorr.config import Config
 from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
+from noisycorr.data.dense import dense_train_set
 from noisycorr.data.noise import save_noise
 from noisycorr.engine.checkpoint import load_weights
 from noisycorr.engine.context import TrainContext, pair_context
@@ -110,10 +111,14 @@ class PairTask:
         return build_method(cfg, data.vocab, self.image_shape(data))
 
     def build_train_set(self, cfg: Config, data: PreparedData) -> PairDataset:
-        return PairDataset(
-            data.train, data.vocab, data.caption_image, train=True, region_drop=cfg.data.region_drop,
-            token_aug=cfg.data.token_aug, seed=cfg.train.seed,
-        )
+        """The augmented training pairs; with ``data.dense_captions`` they also carry each pair's dense
+        text, keyed by the image the pair carries (or replace the captions: ``data.train_text=dense``)."""
+        options = {"train": True, "region_drop": cfg.data.region_drop, "token_aug": cfg.data.token_aug,
+                   "seed": cfg.train.seed}
+        if cfg.data.dense_captions:
+            return dense_train_set(data.train, data.vocab, data.caption_image, cfg.data.dense_captions,
+                                   train_text=cfg.data.train_text, **options)
+        return PairDataset(data.train, data.vocab, data.caption_image, **options)
 
     @staticmethod
     def image_shape(data: PreparedData) -> tuple[int, ...]:

@@ -90,6 +90,7 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
     and ends with the same metrics as an uninterrupted run (per-epoch reseeding, deterministic batches).
     """
     task = task_for(cfg)
+    cfg = _run_earlier_stage(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = dist.init_from_env(pick_device(cfg.train.device))
@@ -218,6 +219,26 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
             plot_history(logger.history, paths.curves, metric=f"val_{metric}", label=task.metric_label)
     dist.barrier()  # rank 0's best weights are written before every rank reloads them
     return task.finish(cfg, method, data, device, ctx, paths, train_seconds=time.perf_counter() - t_start)
+
+
+def _run_earlier_stage(cfg: AnyConfig) -> AnyConfig:
+    """Train, resume or reuse the run the method starts from (:meth:`Method.earlier_stage`); this run's config."""
+    if isinstance(cfg, LabeledConfig):
+        return cfg
+    from noisycorr.factory import get_method_class
+
+    plan = get_method_class(str(cfg.method["name"])).earlier_stage(cfg)
+    if plan is None:
+        return cfg
+    stage_cfg, cfg = plan
+    paths = RunPaths(Path(stage_cfg.run.out_dir))
+    if paths.results.is_file():
+        check_same_settings(paths.config, stage_cfg, purpose="to reuse it as the earlier stage")
+        if cfg.run.progress and dist.is_main():
+            tqdm.write(f"earlier stage: reusing the finished run {paths.root}", file=sys.stderr)
+    else:
+        train(stage_cfg, resume=paths.state.exists())
+    return cfg
 
 
 def _diverged(paths: RunPaths, epoch: int, phase: str, step: int) -> InputError:

@@ -8,6 +8,7 @@ from noisycorr.methods.base import Method, OptimizerSpec, Phase, Update
 from noisycorr.methods.bicro import BiCro, BiCroPP
 from noisycorr.methods.ce import CrossEntropy
 from noisycorr.methods.context import EpochContext, LabelEpochContext, PairEpochContext, StepControl
+from noisycorr.methods.d2s import D2S, D2SNCR
 from noisycorr.methods.in2r import IN2R
 from noisycorr.methods.labeled_base import LabelMethod
 from noisycorr.methods.mrl import MRL
@@ -26,6 +27,8 @@ __all__ = [
     "NCR",
     "NIRNL",
     "PCSR",
+    "D2S",
+    "D2SNCR",
     "CrossEntropy",
     "EpochContext",
     "LabelEpochContext",

@@ -27,6 +27,8 @@ What the engine asks besides (each has a default):
 - ``schedule_start()``: the run epoch from which the learning-rate schedules count (default 0). A
   method whose authors run a warm-up *before* their epoch counter starts (NCR, IN2R) returns the
   warm-up length: the warm-up runs at the base lr and ``train.lr_update`` counts the epochs after it.
+- ``earlier_stage(cfg)``: a run of other settings that must finish first and whose weights this one
+  starts from (a pre-training stage); the same command trains it, or reuses it when it has finished.
 - ``manual_optimization = True``: the engine no longer backpropagates or steps; ``training_step``
   gets ``control=`` (:class:`~noisycorr.methods.context.StepControl`: ``backward``, ``step(name)``,
   ``zero_grad``, ``optimizer(name)``, ``lr(name)``) and returns the losses only to be logged. This is
@@ -188,6 +190,16 @@ class Method(nn.Module):
         get its first value (see :func:`noisycorr.engine.optim.schedule_factor`).
         """
         return 0
+
+    @classmethod
+    def earlier_stage(cls, cfg: Any) -> tuple[Any, Any] | None:
+        """The run this one starts from, trained first by the same command (default: none).
+
+        Returns ``(stage_cfg, run_cfg)``: the earlier run's config (with its own ``run.out_dir``) and
+        this run's config pointing at its weights. The engine reuses a finished earlier run of the
+        same settings, resumes a cut one, and trains it otherwise (D2S-VSE's stage 1).
+        """
+        return None
 
     def eval_backbones(self) -> list[Backbone]:
         """The networks whose similarities are combined at evaluation (default: every backbone)."""

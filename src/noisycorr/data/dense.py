@@ -1,0 +1,280 @@
+"""Dense descriptions of the training images (D2S-VSE's long texts), read from a JSON-lines file.
+
+D2S-VSE (:mod:`noisycorr.methods.d2s`) aligns images with long, dense descriptions before it
+distils them into the ordinary captions. Any captioner can write them; the file has one JSON object
+per line, all keyed the same way:
+
+- ``{"image": 12, "text": "..."}``: row 12 of ``{split}_{features}.npy`` (the usual case: one
+  generated description per image);
+- ``{"image_id": "1002674143_1b742ab4b8.jpg", "text": "..."}``: an id of ``{split}_ids.txt``;
+- ``{"caption": 60, "text": "..."}``: the dense text for training pair (caption row) 60; the
+  stand-in below is written this way, so that a caption's text never contains the caption itself.
+
+Every image (or caption) row needs exactly one line. ``"text": null`` declares that a row has no
+dense text: its pairs train stage 1 on their own caption and take no distillation loss. An empty
+text, a duplicate or missing row, an unknown id or a malformed line is a one-line :class:`InputError`.
+
+The stand-in (:func:`standin_dense_texts`, ``noisycorr dense-standin``) builds the dense text of
+training pair k from the training pairing *as given* (noisy or not): the other captions that the
+pairing attaches to k's image, joined into one text. Under noise it holds mismatched captions too,
+so no ground truth enters it, and caption k itself is never in its own text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from noisycorr.data.dataset import EncodedCaptions, PairBatch, PairDataset
+from noisycorr.data.paths import atomic_write_bytes
+from noisycorr.data.precomp import PrecompSplit
+from noisycorr.data.vocab import Vocabulary
+from noisycorr.errors import InputError
+
+KEYS = ("image", "image_id", "caption")
+
+
+@dataclass
+class DenseTexts:
+    """The validated dense texts of one split.
+
+    Attributes:
+        keyed: ``image`` (one text per image row) or ``caption`` (one text per caption row).
+        texts: one text (or None: no dense text) per image row / caption row.
+        source: the file they were read from.
+    """
+
+    keyed: str
+    texts: list[str | None]
+    source: str = "dense texts"
+
+    def per_pair(self, pair_image: np.ndarray) -> list[str | None]:
+        """The dense text of each training pair: that of the image the pair carries (``pair_image``,
+        the pairing as given, (N_cap,) int64), or the pair's own line for a caption-keyed file."""
+        if self.keyed == "caption":
+            return list(self.texts)
+        texts = np.asarray(self.texts, dtype=object)
+        return list(texts[np.asarray(pair_image, dtype=np.int64)])
+
+
+def read_dense_texts(path: str | Path, split: PrecompSplit) -> DenseTexts:
+    """Read and validate a dense-text JSON-lines file against a split.
+
+    Raises:
+        InputError: unreadable file, a line that is not a JSON object with one key of ``image`` /
+            ``image_id`` / ``caption`` and a ``text``, mixed keys, an empty text, a row out of
+            range or an unknown id, a duplicate, or a row without a line.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(path, "a JSON-lines file of dense texts (data.dense_captions)", "no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, "a UTF-8 JSON-lines file", f"an unreadable file ({type(err).__name__})") from None
+    keyed: str | None = None
+    ids = {name: k for k, name in enumerate(split.ids)} if split.ids is not None else None
+    n = {"image": split.n_images, "image_id": split.n_images, "caption": split.n_captions}
+    rows: list[int] = []
+    texts: list[str | None] = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {line_no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(path, "a JSON object per line", repr(line[:40]), where=where) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, "a JSON object per line", type(obj).__name__, where=where)
+        present = [k for k in KEYS if k in obj]
+        if len(present) != 1 or "text" not in obj or len(obj) != 2:
+            expected = 'exactly two keys: one of "image", "image_id", "caption", and "text"'
+            raise InputError(path, expected, f"keys {sorted(obj)}", where=where)
+        key = present[0]
+        if keyed is None:
+            keyed = key
+        elif key != keyed:
+            raise InputError(path, f'every line keyed by "{keyed}" (as line 1)', f'"{key}"', where=where)
+        text = obj["text"]
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise InputError(path, "a non-empty text (or null: no dense text)", repr(text), where=where)
+        value = obj[key]
+        if key == "image_id":
+            if ids is None:
+                raise InputError(path, f'"image" rows (the split {split.split!r} has no ids file)', '"image_id"',
+                                 where=where)
+            if not isinstance(value, str) or value not in ids:
+                raise InputError(path, f"an image id of {split.split}_ids.txt", repr(value), where=where)
+            row = ids[value]
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n[key]:
+                raise InputError(path, f"a {key} row in [0, {n[key]})", repr(value), where=where)
+            row = value
+        rows.append(row)
+        texts.append(text.strip() if text is not None else None)
+    if keyed is None:
+        raise InputError(path, "one line per image (or caption) of the split", "an empty file")
+    total = n[keyed]
+    order = np.asarray(rows, dtype=np.int64)
+    counts = np.bincount(order, minlength=total)
+    if (counts > 1).any():
+        row = int(np.flatnonzero(counts > 1)[0])
+        line_no = _line_of(lines, int(np.flatnonzero(order == row)[1]))
+        raise InputError(path, f"one line per {_noun(keyed)}", f"a second line for {_label(keyed, row, split)}",
+                         where=f"line {line_no}")
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)
+        raise InputError(path, f"a line for every one of the {total} {_noun(keyed)}s of split {split.split!r}",
+                         f"{len(missing)} missing, the first {_label(keyed, int(missing[0]), split)}")
+    out: list[str | None] = [None] * total
+    for row, text in zip(rows, texts, strict=True):
+        out[row] = text
+    return DenseTexts("caption" if keyed == "caption" else "image", out, str(path))
+
+
+def _noun(keyed: str) -> str:
+    return "caption" if keyed == "caption" else "image"
+
+
+def _label(keyed: str, row: int, split: PrecompSplit) -> str:
+    if keyed == "image_id" and split.ids is not None:
+        return f"image id {split.ids[row]!r}"
+    return f"{_noun(keyed)} row {row}"
+
+
+def _line_of(lines: Sequence[str], k: int) -> int:
+    """The 1-based line number of the k-th non-blank line."""
+    seen = -1
+    for no, line in enumerate(lines, start=1):
+        if line.strip():
+            seen += 1
+            if seen == k:
+                return no
+    return len(lines)
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+def standin_dense_texts(captions: Sequence[str], pair_image: np.ndarray, *, sep: str = " ") -> list[str | None]:
+    """The stand-in dense text of every training pair: the other captions its image carries, joined.
+
+    Args:
+        captions: the N training captions.
+        pair_image: (N,) int64, the image row each caption is paired with *as given* (noisy or not).
+        sep: what joins the captions.
+
+    Returns:
+        N texts; pair k's text joins, in caption order, every caption j != k with
+        ``pair_image[j] == pair_image[k]``; None when the image carries no other caption.
+    """
+    pair_image = np.asarray(pair_image, dtype=np.int64)
+    order = np.argsort(pair_image, kind="stable")  # captions grouped by image, in caption order
+    bounds = np.flatnonzero(np.diff(pair_image[order])) + 1
+    out: list[str | None] = [None] * len(captions)
+    for group in np.split(order, bounds):
+        texts = [captions[j] for j in group]
+        for pos, k in enumerate(group):
+            others = texts[:pos] + texts[pos + 1 :]
+            out[int(k)] = sep.join(others) if others else None
+    return out
+
+
+def write_dense_jsonl(path: str | Path, texts: Sequence[str | None], *, key: str = "caption") -> None:
+    """Write one ``{key: row, "text": text}`` line per row, atomically."""
+    if key not in KEYS:
+        raise InputError("key", f"one of {list(KEYS)}", repr(key))
+    body = "".join(json.dumps({key: k, "text": t}, ensure_ascii=False) + "\n" for k, t in enumerate(texts))
+    atomic_write_bytes(Path(path).expanduser(), body.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- batches and datasets
+
+
+@dataclass
+class DensePairBatch(PairBatch):
+    """A :class:`PairBatch` with the dense text of every pair (no augmentation).
+
+    Attributes:
+        dense_tokens: (B, Ld) int64 padded with 0.
+        dense_lengths: (B,) int64.
+        dense_valid: (B,) bool, False where the pair has no dense text (its own caption stands in).
+    """
+
+    dense_tokens: Tensor
+    dense_lengths: Tensor
+    dense_valid: Tensor
+
+    def plain(self) -> PairBatch:
+        """The batch without its dense texts."""
+        return PairBatch(self.images, self.tokens, self.lengths, self.index)
+
+
+def encode_dense(
+    dense: DenseTexts, pair_image: np.ndarray, vocab: Vocabulary, captions: EncodedCaptions
+) -> tuple[EncodedCaptions, np.ndarray]:
+    """Token ids of each training pair's dense text, and (N,) bool which pairs have one.
+
+    A pair without a dense text gets its own caption's ids (taken from ``captions``).
+    """
+    texts = dense.per_pair(pair_image)
+    valid = np.fromiter((t is not None for t in texts), dtype=bool, count=len(texts))
+    if len(texts) != len(captions):
+        raise InputError(dense.source, f"{len(captions)} dense texts", str(len(texts)))
+    encoded = vocab.encode_many(t for t in texts if t is not None)
+    it = iter(encoded)
+    ids = [next(it) if v else captions.flat[captions.offsets[k] : captions.offsets[k + 1]].tolist()
+           for k, v in enumerate(valid)]
+    return EncodedCaptions(ids), valid
+
+
+class DensePairDataset(PairDataset):
+    """:class:`PairDataset` whose batches also carry each pair's dense text (:class:`DensePairBatch`).
+
+    Args:
+        dense: the pairs' dense token ids (:func:`encode_dense`).
+        dense_valid: (N,) bool, which pairs have a dense text.
+        Other arguments: as :class:`PairDataset`.
+    """
+
+    def __init__(self, *args, dense: EncodedCaptions, dense_valid: np.ndarray, **kwargs):
+        super().__init__(*args, **kwargs)
+        if len(dense) != len(self) or dense_valid.shape != (len(self),):
+            raise InputError("dense texts", f"{len(self)} rows", f"{len(dense)} texts, {dense_valid.shape} flags")
+        self.dense, self.dense_valid = dense, dense_valid
+
+    def __getitems__(self, indices: Sequence[int]) -> DensePairBatch:
+        batch = super().__getitems__(indices)
+        idx = batch.index.numpy()
+        tokens, lengths = self.dense.padded(idx)
+        return DensePairBatch(
+            batch.images, batch.tokens, batch.lengths, batch.index,
+            dense_tokens=torch.from_numpy(tokens), dense_lengths=torch.from_numpy(lengths.astype(np.int64)),
+            dense_valid=torch.from_numpy(self.dense_valid[idx]),
+        )
+
+
+def dense_train_set(
+    split: PrecompSplit, vocab: Vocabulary, pair_image: np.ndarray, path: str | Path, *, train_text: str = "captions",
+    **kwargs,
+) -> PairDataset:
+    """The training set of a run with dense texts (``data.dense_captions``), validated before anything is written.
+
+    Args:
+        pair_image: (N_cap,) the image row each training pair carries (the pairing as given).
+        train_text: ``captions``: the pairs keep their captions and carry their dense text besides
+            (:class:`DensePairDataset`); ``dense``: the dense text *is* the pair's text (D2S stage 1).
+        kwargs: :class:`PairDataset` options (``train``, ``region_drop``, ``token_aug``, ``seed``).
+    """
+    captions = EncodedCaptions.from_captions(split.captions, vocab)
+    dense, valid = encode_dense(read_dense_texts(path, split), pair_image, vocab, captions)
+    if train_text == "dense":
+        return PairDataset(split, vocab, pair_image, encoded=dense, **kwargs)
+    return DensePairDataset(split, vocab, pair_image, encoded=captions, dense=dense, dense_valid=valid, **kwargs)
