@@ -281,14 +281,33 @@ class SGRAF(Backbone):
         words = txt_emb[:, :used]
         mask = length_mask(txt_lengths, used)
         txt_glo = _global_vectors(self.txt_attn, words, mask, budget)
-        attn = F.leaky_relu(torch.einsum("brd,bld->brl", img_emb, words), 0.1) * mask[:, None, :]
+        return self._pair_block(img_emb, img_glo, words, txt_glo, mask, vectors=True)
+
+    def pair_scores_with_globals(
+        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor
+    ) -> Tensor:
+        """Scores of pairs (image p, caption p) on precomputed self-attended global vectors, for callers
+        that score a list of pairs against the same encodings (shortlist evaluation).
+
+        (P, R, d) regions, (P, d) image globals, (P, L, d) words, (P, d) caption globals, (P, L) bool mask
+        -> (P,) scores; no sub-blocking (the caller bounds P). Equal to the matching cells of ``similarity``.
+        """
+        return self._pair_block(imgs, img_glo, words, txt_glo, mask, update_stats=False)
+
+    def _pair_block(
+        self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor,
+        update_stats: bool = True, vectors: bool = False,
+    ) -> Tensor:
+        """``_block`` on the pairs (p, p) only: (P,) scores, or with ``vectors`` the (P, sim_dim) head inputs."""
+        attn = F.leaky_relu(torch.bmm(imgs, words.transpose(1, 2)), 0.1) * mask[:, None, :]  # (P, R, L)
         attn = torch.softmax(l2norm(attn, dim=2) * self.lambda_softmax, dim=1)
-        attended = l2norm(torch.einsum("brl,brd->bld", attn, img_emb), dim=-1)
+        attended = l2norm(torch.bmm(attn.transpose(1, 2), imgs), dim=-1)  # (P, L, d)
         local = l2norm(self.local_proj((attended - words).pow(2)), dim=-1)
         glob = l2norm(self.global_proj((img_glo - txt_glo).pow(2)), dim=-1)
-        nodes = torch.cat([glob.unsqueeze(1), local], dim=1).unsqueeze(0)  # (1, B, 1 + L, s)
-        node_mask = torch.cat([mask.new_ones(n, 1), mask], dim=1)
-        return self._head_input(nodes, node_mask, True)[0]
+        nodes = torch.cat([glob.unsqueeze(1), local], dim=1).unsqueeze(0)  # (1, P, 1 + L, s)
+        node_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        vec = self._head_input(nodes, node_mask, update_stats)[0]
+        return vec if vectors else torch.sigmoid(self.score(vec)).squeeze(-1)
 
     def _tiled(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None, *, vectors: bool) -> Tensor:
         """``similarity`` (scores) or ``similarity_vectors`` (head inputs) over length-sorted sub-blocks."""

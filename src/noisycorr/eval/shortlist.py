@@ -3,8 +3,9 @@
 For a backbone whose score is an expensive pairwise head (SGRAF's SGR / SAF), scoring every image
 against every caption dominates evaluation. Here a cheap score of every pair gives each caption its
 ``k`` best images and each image its ``k`` best captions; the union of those pairs is scored exactly,
-one image against its candidate captions per head call (SGRAF: its head with the self-attended global
-vectors computed once; another backbone: ``similarity``). The cheap score is, for SGRAF, its own head
+for SGRAF as one list of (image, caption) pairs sorted by caption length and cut into head calls, the
+self-attended global vectors computed once; for another backbone one image against its candidate
+captions per ``similarity`` call. The cheap score is, for SGRAF, its own head
 on the global similarity node alone (:meth:`SGRAF.global_scores`: trained weights, no word nodes), for
 another backbone the cosine of :meth:`Backbone.global_embeddings`. The result is the usual
 (n_img, n_txt) matrix: shortlisted cells hold the exact scores, every other cell a value below the
@@ -39,7 +40,6 @@ __all__ = ["cheap_scores", "global_vectors", "has_pairwise_head", "shortlist_mas
 Encoded = tuple[Tensor, Tensor, Tensor | None]
 # Elements of (captions x words x embed) per SGRAF head call, as SGRAF bounds its own sub-blocks.
 _SGRAF_BUDGET = {"cpu": 2**22, "cuda": 2**25}
-_GROUP = 128  # candidates per head call at most, so each call's padding stays small
 
 
 def has_pairwise_head(img_emb: Tensor, txt_emb: Tensor) -> bool:
@@ -122,11 +122,9 @@ def cheap_scores(
 RowScorer = Callable[[int, Tensor], Tensor]
 
 
-def _row_scorer(backbone: Backbone, encoded: Encoded, cache: dict | None = None) -> RowScorer:
+def _row_scorer(backbone: Backbone, encoded: Encoded) -> RowScorer:
     """``score(i, cols)``: exact scores (len(cols),) of image ``i`` against the captions ``cols``."""
     img, txt, lens = encoded
-    if isinstance(backbone, SGRAF):
-        return _sgraf_row_scorer(backbone, encoded, cache)
 
     def score(i: int, cols: Tensor) -> Tensor:
         return backbone.similarity(img[i : i + 1], txt[cols], None if lens is None else lens[cols])[0]
@@ -158,33 +156,29 @@ def _sgraf_globals(
     return out
 
 
-def _sgraf_row_scorer(backbone: SGRAF, encoded: Encoded, cache: dict | None = None) -> RowScorer:
-    """SGRAF's head on (1 image x candidates) blocks, the self-attended global vectors computed once.
+def _sgraf_pair_scores(backbone: SGRAF, encoded: Encoded, rows: Tensor, cols: Tensor, cache: dict | None) -> Tensor:
+    """Exact scores (P,) of the pairs (image ``rows[p]``, caption ``cols[p]``) by SGRAF's head.
 
-    ``SGRAF.similarity`` recomputes the caption global vectors of every caption it is given, which for
-    one image against its candidates costs more than the head itself.
+    All pairs of all images, sorted by caption length, are cut into head calls trimmed to their longest
+    caption, each pair's word-region attention on its own (P x R x L); the self-attended global vectors
+    come from :func:`_sgraf_globals`, computed once.
     """
-    img, txt, lens = encoded
-    dim = txt.shape[-1]
+    img, txt, _ = encoded
+    n_reg, dim = img.shape[1], img.shape[2]
     budget = backbone.chunk_elems or _SGRAF_BUDGET.get(txt.device.type, _SGRAF_BUDGET["cuda"])
     img_glo, txt_glo, lens, words = _sgraf_globals(backbone, encoded, cache)
-
-    def score(i: int, cols: Tensor) -> Tensor:
-        # Candidates by length, in groups trimmed to their own longest caption (little padding).
-        order = torch.argsort(lens[cols], descending=True)
-        out = torch.empty(cols.shape[0], device=txt.device)
-        start = 0
-        while start < cols.shape[0]:
-            width = int(lens[cols[order[start]]])
-            idx = order[start : start + min(_GROUP, max(1, budget // (width * dim)))]
-            c = cols[idx]
-            out[idx] = backbone.score_with_globals(
-                img[i : i + 1], img_glo[i : i + 1], txt[c, :width], txt_glo[c], words[c, :width]
-            )[0].to(out.dtype)
-            start += idx.shape[0]
-        return out
-
-    return score
+    order = torch.argsort(lens[cols], descending=True, stable=True)
+    out = torch.empty(rows.shape[0], device=txt.device)
+    start = 0
+    while start < order.shape[0]:
+        width = int(lens[cols[order[start]]])
+        idx = order[start : start + max(1, budget // ((n_reg + width) * dim))]
+        r, c = rows[idx], cols[idx]
+        out[idx] = backbone.pair_scores_with_globals(
+            img[r], img_glo[r], txt[c, :width], txt_glo[c], words[c, :width]
+        ).to(out.dtype)
+        start += idx.shape[0]
+    return out
 
 
 @torch.no_grad()
@@ -194,11 +188,15 @@ def _score_candidates(
     """Exact scores on ``mask``, ``cheap`` shifted below them elsewhere: (n_img, n_txt) float32 on the CPU."""
     out = cheap.to(device="cpu", dtype=torch.float32, copy=True)
     scored = mask.cpu()
-    score = _row_scorer(backbone, encoded, cache)
-    for i in range(mask.shape[0]):
-        cols = mask[i].nonzero().squeeze(1)
-        if cols.numel():
-            out[i, cols.cpu()] = score(i, cols).float().cpu()
+    if isinstance(backbone, SGRAF):
+        rows, cols = mask.nonzero(as_tuple=True)
+        out[rows.cpu(), cols.cpu()] = _sgraf_pair_scores(backbone, encoded, rows, cols, cache).float().cpu()
+    else:
+        score = _row_scorer(backbone, encoded)
+        for i in range(mask.shape[0]):
+            cols = mask[i].nonzero().squeeze(1)
+            if cols.numel():
+                out[i, cols.cpu()] = score(i, cols).float().cpu()
     if bool(scored.all()):
         return out
     floor = float(out[scored].min()) if bool(scored.any()) else 0.0
