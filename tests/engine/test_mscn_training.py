@@ -1,6 +1,7 @@
-"""MSCN end to end on tiny data: a run SIGKILLed mid-training (between a meta-net step and its real
-step, and inside the purification pass) and resumed with ``--resume`` ends exactly like an
-uninterrupted one: the same weights (meta-nets included), pair scores, log and test metrics."""
+"""MSCN end to end on tiny data: the meta set is recorded in the run folder, and a run SIGKILLed
+in its second bi-level epoch (between a meta-net step and its real step) and resumed with ``--resume``
+ends exactly like an uninterrupted one: the same weights (meta-nets included), optimiser moments, pair
+scores, log and test metrics."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from noisycorr.engine.trainer import train
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
 
-TINY = {"method.name": "mscn", "noise.rate": 0.4, "train.epochs": 2, "method.warmup_epochs": 1,
+TINY = {"method.name": "mscn", "noise.rate": 0.4, "train.epochs": 3, "method.warmup_epochs": 1,
         "train.batch_size": 16, "model.embed_size": 16, "model.word_dim": 8, "data.meta_size": 0.1}
 
 
@@ -38,21 +39,18 @@ def _cfg(root: Path, out: Path):
     return load_config("demo", tiny_overrides(root, out, **TINY))
 
 
-def _killed_child(root: Path, out: Path, point: str, n: int) -> None:
-    """Train in a forked child that SIGKILLs itself at the ``n``-th call of ``point``."""
+def _killed_child(root: Path, out: Path, n: int) -> None:
+    """Train in a forked child that SIGKILLs itself at the ``n``-th optimiser step call."""
     pid = os.fork()
     if pid == 0:
         code = 3
         try:
             threadpool_limits(1)
             torch.set_num_threads(1)
-            import noisycorr.engine.context as context
             import noisycorr.engine.optim as optim
 
             calls = [0]
-            name = "step" if point == "step" else "per_sample"
-            owner = optim.Stepper if point == "step" else context.TrainContext
-            real = getattr(owner, name)
+            real = optim.Stepper.step
 
             def dying(*args, **kwargs):
                 calls[0] += 1
@@ -60,13 +58,13 @@ def _killed_child(root: Path, out: Path, point: str, n: int) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 return real(*args, **kwargs)
 
-            setattr(owner, name, dying)
+            optim.Stepper.step = dying
             train(_cfg(root, out))
             code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point} #{n}: not killed ({status})"
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"step #{n}: not killed ({status})"
 
 
 @pytest.fixture(autouse=True)
@@ -81,26 +79,29 @@ def _one_thread():
 def test_an_mscn_run_killed_mid_training_resumes_to_the_uninterrupted_end(small_root, tmp_path):
     ref = tmp_path / "ref"
     train(_cfg(small_root, ref))
+    record = json.loads((ref / "meta.json").read_text())
+    assert record["source"] == "val" and record["pairs"] == 10  # 10 % of 80 pairs = 8, as 2 whole images
+    assert (record["val_images_before"], record["val_images_after"]) == (10, 8)
+    assert np.load(ref / "meta_index.npy").shape == (2,)
     rows = metric_rows(ref)
     assert float(rows[1]["warmup"]) == 0.0 and float(rows[1]["meta_bce"]) > 0  # the bi-level epoch ran
     warm_steps = int(rows[0]["steps_A"]) + int(rows[0]["steps_B"])  # one step call per warm-up batch
-    # step call warm_steps + 3: the second batch of epoch 2, after its meta-net step, before its real step;
-    # per_sample call 2: the purification pass of the second network
-    for point, n in (("step", warm_steps + 3), ("pass", 2)):
-        run = tmp_path / f"{point}{n}"
-        _killed_child(small_root, run, point, n)
-        assert load_state(run / "checkpoint.pt")["epoch"] == 0  # killed in epoch 2
-        train(_cfg(small_root, run), resume=True)
-        a, b = load_state(ref / "checkpoint.pt"), load_state(run / "checkpoint.pt")
-        assert a["method"].keys() == b["method"].keys()
-        assert any(k.startswith("net_a.meta.") for k in a["method"])
-        for key in a["method"]:
-            assert torch.equal(a["method"][key], b["method"][key]), f"{point}: {key}"
-        for name in ("main", "meta"):
-            sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
-            assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa), name
-        assert np.array_equal(np.load(ref / "pair_scores.npy"), np.load(run / "pair_scores.npy"))
-        res_a, res_b = (json.loads((r / "results.json").read_text()) for r in (ref, run))
-        assert res_a["test"] == res_b["test"]
-        strip = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(ref)]
-        assert strip == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(run)]
+    meta_steps = 2 * (int(rows[1]["steps_A"]) + int(rows[1]["steps_B"]))  # a meta-net and a real step per batch
+    # step call warm + meta + 3: the second batch of epoch 3, after its meta-net step, before its real step
+    run = tmp_path / "killed"
+    _killed_child(small_root, run, warm_steps + meta_steps + 3)
+    assert load_state(run / "checkpoint.pt")["epoch"] == 1  # killed in epoch 3
+    train(_cfg(small_root, run), resume=True)
+    a, b = load_state(ref / "checkpoint.pt"), load_state(run / "checkpoint.pt")
+    assert a["method"].keys() == b["method"].keys()
+    assert any(k.startswith("net_a.meta.") for k in a["method"])
+    for key in a["method"]:
+        assert torch.equal(a["method"][key], b["method"][key]), key
+    for name in ("main", "meta"):
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa), name
+    assert np.array_equal(np.load(ref / "pair_scores.npy"), np.load(run / "pair_scores.npy"))
+    res_a, res_b = (json.loads((r / "results.json").read_text()) for r in (ref, run))
+    assert res_a["test"] == res_b["test"]
+    strip = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(ref)]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(run)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -179,18 +178,6 @@ def test_a_bad_index_file_is_one_line_naming_the_row(tmp_path, text, where):
     with pytest.raises(InputError) as err:
         read_index_file(path, 100)
     assert f"{path}: {where}: expected" in str(err.value) and "\n" not in str(err.value)
-
-
-def test_the_meta_set_is_recorded_in_the_run_folder(root, tmp_path):
-    from noisycorr.engine.trainer import train
-
-    over = {"data.meta_size": 0.1, "model.embed_size": 8, "model.word_dim": 4, "train.epochs": 1,
-            "train.batch_size": 16, "train.threads": 1, "run.progress": False, "method.warmup_epochs": 1}
-    train(_cfg(root, tmp_path / "r", **over))
-    record = json.loads((tmp_path / "r" / "meta.json").read_text())
-    assert record["source"] == "val" and record["pairs"] == 10
-    assert record["val_images_before"] - record["val_images_after"] == 2
-    assert np.load(tmp_path / "r" / "meta_index.npy").shape == (2,)
 
 
 @pytest.mark.parametrize("head", ["sgr", "saf"])
