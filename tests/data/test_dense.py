@@ -63,6 +63,7 @@ BAD = {
     "not json": (['{"image": 0, "text": "a"}', "{oops"], "line 2: expected a JSON object per line"),
     "not an object": (["[1, 2]"], "line 1: expected a JSON object per line, found list"),
     "no text": ([{"image": 0}], "line 1: expected exactly two keys"),
+    "unknown key": ([{"row": 0, "text": "a"}], "line 1: expected exactly two keys"),
     "two keys": ([{"image": 0, "caption": 0, "text": "a"}], "line 1: expected exactly two keys"),
     "mixed keys": ([{"image": 0, "text": "a"}, {"caption": 1, "text": "b"}], 'line 2: expected every line keyed'),
     "empty text": ([{"image": 0, "text": "  "}], "line 1: expected a non-empty text"),
