@@ -259,6 +259,17 @@ def _audit_data_root(args: argparse.Namespace, run: str, clean_copy: Path | None
     return 0
 
 
+def _new_output_file(path: str, what: str, *, force: bool) -> Path:
+    """``path`` checked as a file to write: not a folder, new unless ``force``, in a writable folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(out, f"a file name for {what}", "a folder")
+    if out.exists() and not force:
+        raise InputError(out, "a new file (or --force)", "an existing file")
+    check_writable_dir(out.parent, what=f"a folder for {what}")
+    return out
+
+
 def cmd_noise(args: argparse.Namespace) -> int:
     from noisycorr.data import noise as nz
 
@@ -268,12 +279,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     if args.rate is not None and not 0.0 <= args.rate <= 1.0:
         raise InputError("--rate", "a number in [0, 1]", repr(args.rate))
     if args.action == "make":
-        out = Path(args.output)
-        if out.is_dir():
-            raise InputError(out, "a file name for the noise index (--output)", "a folder")
-        if out.exists() and not args.force:
-            raise InputError(out, "a new file (or --force)", "an existing file")
-        check_writable_dir(out.parent, what="a folder for the noise index (--output)")
+        out = _new_output_file(args.output, "the noise index (--output)", force=args.force)
         n_cap = args.n_images * args.captions_per_image
         if args.protocol == "per_caption":
             index = nz.make_per_caption_noise(n_cap, args.captions_per_image, args.rate, seed=args.seed)
@@ -297,12 +303,7 @@ def cmd_dense_standin(args: argparse.Namespace) -> int:
     from noisycorr.data.dense import standin_dense_texts, write_dense_jsonl
     from noisycorr.engine.setup import prepare_data
 
-    out = Path(args.output)
-    if out.is_dir():
-        raise InputError(out, "a file name for the dense texts (OUTPUT)", "a folder")
-    if out.exists() and not args.force:
-        raise InputError(out, "a new file (or --force)", "an existing file")
-    check_writable_dir(out.parent, what="a folder for the dense texts (OUTPUT)")
+    out = _new_output_file(args.output, "the dense texts (OUTPUT)", force=args.force)
     cfg = _config(args)
     data = prepare_data(cfg, with_test=False)
     texts = standin_dense_texts(data.train.captions, data.caption_image)
