@@ -58,7 +58,8 @@ def test_three_way_split_of_clean_and_noisy_pairs_by_pcs():
 
 def test_chunked_search_finds_each_querys_best_key():
     g = torch.Generator().manual_seed(0)
-    queries, keys = torch.randn(23, 6, generator=g), torch.randn(41, 6, generator=g) * 3
+    queries = torch.randn(23, 6, generator=g)
+    keys = torch.randn(41, 6, generator=g) * torch.rand(41, 1, generator=g) * 5  # norms differ: cosine != dot
     naive = (torch.nn.functional.normalize(queries) @ torch.nn.functional.normalize(keys).t()).argmax(1)
     assert torch.equal(best_partner(queries, keys, query_chunk=4, key_chunk=7), naive)  # cosine, not dot product
     assert torch.equal(best_partner(queries, keys), naive)
@@ -87,21 +88,22 @@ def test_select_labels_only_noisy_pairs_and_refines_after_a_stable_window():
     n = 12
     eye = torch.eye(n)
     img = eye.clone()
-    txt = eye[torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 11, 10])]  # image k's best caption: 8 <-> 9, 10 <-> 11
+    # caption j is the unit vector perm[j]: image k's best caption is the j with perm[j] = k
+    txt = eye[torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 8])]  # image 8 -> caption 11, 9 -> 8, ...
     losses = torch.cat([torch.full((8,), 0.1), torch.full((4,), 2.0)])  # the last 4 pairs look noisy
     sel, logs = m._select("A", _values(img, txt, losses))
     assert sel.clean.tolist() == [True] * 8 + [False] * 4
-    assert m.history.get("text", "A")[:, -1].tolist() == [-1] * 8 + [9, 8, 11, 10]
+    assert m.history.get("text", "A")[:, -1].tolist() == [-1] * 8 + [11, 8, 9, 10]
     assert not sel.groups["refinable"].any()  # one epoch of a 2-epoch window: PCS 1/2
     assert (sel.partners["caption"] == -1).all() and logs["share_ambiguous_A"] == pytest.approx(4 / 12)
     sel, logs = m._select("A", _values(img, txt, losses))  # the same labels again: refinable
     assert sel.groups["refinable"].tolist() == [False] * 8 + [True] * 4
-    assert sel.partners["caption"].tolist() == [-1] * 8 + [9, 8, 11, 10]
+    assert sel.partners["caption"].tolist() == [-1] * 8 + [11, 8, 9, 10]
     assert logs["share_refinable_A"] == pytest.approx(4 / 12)
-    txt2 = eye[torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 10, 11])]  # pairs 10, 11 now point to themselves
+    txt2 = eye[torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 10, 8])]  # images 10, 11 now pick captions 10, 9
     sel, _ = m._select("A", _values(img, txt2, losses))
     assert sel.groups["refinable"].tolist() == [False] * 8 + [True, True, False, False]
-    assert sel.partners["caption"].tolist() == [-1] * 8 + [9, 8, -1, -1]
+    assert sel.partners["caption"].tolist() == [-1] * 8 + [11, 8, -1, -1]
 
 
 def test_image_replacement_searches_the_best_image_of_each_noisy_caption():
