@@ -13,6 +13,7 @@ from noisycorr.cli.main import main
 from noisycorr.data.dataset import EncodedCaptions
 from noisycorr.data.dense import (
     DensePairBatch,
+    DensePairDataset,
     dense_train_set,
     read_dense_texts,
     standin_dense_texts,
@@ -151,3 +152,8 @@ def test_the_command_writes_the_standin_of_the_noisy_pairing_and_refuses_to_over
     before = out.read_bytes()
     assert main(["dense-standin", str(out), *sets]) == 2
     assert "an existing file" in capsys.readouterr().err and out.read_bytes() == before
+    # the file records the pairing it was built from: a run with another pairing refuses it
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    assert isinstance(dense_train_set(split, vocab, pairing, out), DensePairDataset)
+    with pytest.raises(InputError, match="texts of another pairing"):
+        dense_train_set(split, vocab, split.image_of_caption(), out)

@@ -307,7 +307,7 @@ def cmd_dense_standin(args: argparse.Namespace) -> int:
     cfg = _config(args)
     data = prepare_data(cfg, with_test=False)
     texts = standin_dense_texts(data.train.captions, data.caption_image)
-    write_dense_jsonl(out, texts, key="caption")
+    write_dense_jsonl(out, texts, key="caption", pair_image=data.caption_image)
     missing = sum(t is None for t in texts)
     print(json.dumps({"output": str(out), "pairs": len(texts), "without_text": missing,
                       "noise_rate": cfg.noise.rate, "noise_protocol": cfg.noise.protocol}, indent=2))

@@ -187,12 +187,48 @@ def standin_dense_texts(captions: Sequence[str], pair_image: np.ndarray, *, sep:
     return out
 
 
-def write_dense_jsonl(path: str | Path, texts: Sequence[str | None], *, key: str = "caption") -> None:
-    """Write one ``{key: row, "text": text}`` line per row, atomically."""
+def write_dense_jsonl(
+    path: str | Path, texts: Sequence[str | None], *, key: str = "caption", pair_image: np.ndarray | None = None
+) -> None:
+    """Write one ``{key: row, "text": text}`` line per row, atomically.
+
+    With ``pair_image`` (the pairing the texts were built from), a sidecar ``<path>.pairing.json``
+    records its digest, and a run whose training pairing differs refuses the file
+    (:func:`check_pairing`): a stand-in built from the clean pairing would leak it into a noisy run.
+    """
     if key not in KEYS:
         raise InputError("key", f"one of {list(KEYS)}", repr(key))
+    path = Path(path).expanduser()
     body = "".join(json.dumps({key: k, "text": t}, ensure_ascii=False) + "\n" for k, t in enumerate(texts))
-    atomic_write_bytes(Path(path).expanduser(), body.encode("utf-8"))
+    if pair_image is not None:
+        record = {"pairing_sha256": pairing_digest(pair_image), "pairs": int(len(pair_image))}
+        atomic_write_bytes(_sidecar(path), json.dumps(record).encode("utf-8"))
+    atomic_write_bytes(path, body.encode("utf-8"))
+
+
+def pairing_digest(pair_image: np.ndarray) -> str:
+    """SHA-256 of a (N,) pairing as int64 bytes."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(pair_image, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".pairing.json")
+
+
+def check_pairing(path: str | Path, pair_image: np.ndarray) -> None:
+    """Refuse a dense-text file whose sidecar records another training pairing than ``pair_image``."""
+    sidecar = _sidecar(Path(path).expanduser())
+    if not sidecar.is_file():
+        return
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8"))["pairing_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(sidecar, 'a JSON object with "pairing_sha256"', "an unreadable file") from None
+    if recorded != pairing_digest(pair_image):
+        raise InputError(path, "dense texts built from this run's training pairing (rebuild them with "
+                         "noisycorr dense-standin and the run's noise settings)", "texts of another pairing")
 
 
 # --------------------------------------------------------------------------- batches and datasets
@@ -273,8 +309,10 @@ def dense_train_set(
             (:class:`DensePairDataset`); ``dense``: the dense text *is* the pair's text (D2S stage 1).
         kwargs: :class:`PairDataset` options (``train``, ``region_drop``, ``token_aug``, ``seed``).
     """
+    texts = read_dense_texts(path, split)
+    check_pairing(path, pair_image)
     captions = EncodedCaptions.from_captions(split.captions, vocab)
-    dense, valid = encode_dense(read_dense_texts(path, split), pair_image, vocab, captions)
+    dense, valid = encode_dense(texts, pair_image, vocab, captions)
     if train_text == "dense":
         return PairDataset(split, vocab, pair_image, encoded=dense, **kwargs)
     return DensePairDataset(split, vocab, pair_image, encoded=captions, dense=dense, dense_valid=valid, **kwargs)
