@@ -3,8 +3,8 @@ Meta Similarity Correction", CVPR 2023).
 
 In plain words: a small meta-net (Linear S->64, ReLU, Linear 64->1, sigmoid) replaces the backbone's
 score head: it turns the similarity representation the backbone computes for a pair (SGRAF's 256-d
-read-out vector; for VSE the element-wise product of the two unit embeddings, whose sum is the cosine)
-into a match probability p. It is taught by a meta set of pairs the user declares clean
+read-out vector; for VSE the element-wise product of the two unit embeddings times their size, whose
+mean is the cosine) into a match probability p. It is taught by a meta set of pairs the user declares clean
 (``data.meta_source``) and, each epoch, as many negatives (each meta caption with another meta image),
 with a binary cross-entropy. Two networks A and B are warmed up on every pair with the mean-negative
 hinge (net and meta-net together). Then every batch is a bi-level step: (1) a *virtual* Adam step of
