@@ -202,3 +202,9 @@ def test_vse_vectors_average_to_its_cosine():
     img, txt = net.encode_images(batch.images), net.encode_texts(batch.tokens, batch.lengths)
     assert torch.allclose(net.similarity_vectors(img, txt).mean(-1), net.similarity(img, txt), atol=1e-6)
     assert torch.allclose(net.pair_vectors(img, txt), net.similarity_vectors(img, txt).diagonal(dim1=0, dim2=1).t())
+
+
+def test_a_meta_set_larger_than_validation_is_refused(root, tmp_path):
+    with pytest.raises(InputError) as err:
+        prepare_data(_cfg(root, tmp_path / "r", **{"data.meta_size": 50}))  # 10 images of a 10-image split
+    assert str(err.value).startswith("data.meta_size: expected between 10 and 45 pairs")
