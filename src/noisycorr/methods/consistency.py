@@ -43,12 +43,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.ops import l2norm
 from noisycorr.errors import InputError
 from noisycorr.losses import triplet_loss
+from noisycorr.methods.memory import SizedByCheckpoint
 
 _EPS = 1e-8
 
@@ -242,7 +243,7 @@ def peer_view(net: Backbone, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         net.train(was)
 
 
-class ConsistencyLabeler(nn.Module):
+class ConsistencyLabeler(SizedByCheckpoint):
     """Soft correspondence labels from a network's view of a batch; holds that network's codebooks.
 
     Buffers ``img_{name}`` / ``txt_{name}`` (K, D) are the codebooks of network ``name`` (empty until
@@ -262,13 +263,6 @@ class ConsistencyLabeler(nn.Module):
     @property
     def uses_codebook(self) -> bool:
         return int(self.opts.codebook_size) > 0 and float(self.opts.codebook_weight) > 0
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        for name in list(self._buffers):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != self._buffers[name].shape:
-                self._buffers[name] = torch.empty_like(saved)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def codebooks(self, name: str) -> tuple[Tensor, Tensor]:
         return getattr(self, f"img_{name}"), getattr(self, f"txt_{name}")

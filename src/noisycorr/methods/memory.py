@@ -10,9 +10,24 @@ from torch import Tensor, nn
 
 from noisycorr.errors import InputError
 
-__all__ = ["KNN_BACKENDS", "PairMemory", "import_faiss", "nearest_neighbours"]
+__all__ = ["KNN_BACKENDS", "PairMemory", "SizedByCheckpoint", "import_faiss", "nearest_neighbours"]
 
 KNN_BACKENDS = ("torch", "faiss")
+
+
+class SizedByCheckpoint(nn.Module):
+    """A module whose buffers take their shape from the state dict they load.
+
+    For state whose size is known only once training has run (BiCro++'s codebooks, PCSR's (N, W)
+    pseudo-label histories): registered empty, loaded at the saved shape on ``--resume``.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for name in list(self._buffers):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != self._buffers[name].shape:
+                self._buffers[name] = torch.empty_like(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class PairMemory(nn.Module):

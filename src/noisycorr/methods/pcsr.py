@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from noisycorr.backbones.base import Backbone
 from noisycorr.backbones.ops import l2norm
@@ -80,7 +80,7 @@ from noisycorr.methods.base import Phase, StepOutput
 from noisycorr.methods.consistency import pass_with_embeddings
 from noisycorr.methods.context import EpochContext
 from noisycorr.methods.coteaching import CoTeachingMethod
-from noisycorr.methods.memory import nearest_neighbours
+from noisycorr.methods.memory import SizedByCheckpoint, nearest_neighbours
 from noisycorr.methods.ncr import warmup_loss
 from noisycorr.registry import register_method
 from noisycorr.selection import ESTIMATORS, Selection, clean_probability, split_clean
@@ -142,7 +142,7 @@ def three_way_split(clean: np.ndarray, pcs: np.ndarray, threshold: float) -> dic
     return {"clean": clean, "ambiguous": ~clean & ~stable, "refinable": ~clean & stable}
 
 
-class PseudoLabelHistory(nn.Module):
+class PseudoLabelHistory(SizedByCheckpoint):
     """Per-pair pseudo-labels of the last W epochs for each network and direction, as buffers.
 
     Buffers ``{direction}_{net}`` (N, W) int64, oldest column first, -1 = no label (empty until the
@@ -156,13 +156,6 @@ class PseudoLabelHistory(nn.Module):
         for d in directions:
             for name in names:
                 self.register_buffer(f"{d}_{name}", torch.zeros(0, self.window, dtype=torch.long))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        for name in list(self._buffers):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != self._buffers[name].shape:
-                self._buffers[name] = torch.empty_like(saved)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get(self, direction: str, name: str) -> Tensor:
         return getattr(self, f"{direction}_{name}")
