@@ -9,7 +9,7 @@ from method_helpers import random_batch
 from noisycorr.backbones.vse import VSE
 from noisycorr.data.dataset import PairBatch
 from noisycorr.errors import InputError
-from noisycorr.losses import complementary_contrastive_loss
+from noisycorr.losses import complementary_contrastive_loss, triplet_loss
 from noisycorr.methods.pcsr import PCSR, PseudoLabelHistory, best_partner, consistency_score, three_way_split
 from noisycorr.selection import Selection
 
@@ -205,3 +205,14 @@ def test_bad_options_are_one_line_errors():
     for key, value in (("window", 0), ("pcs", "x"), ("robust_loss", "mae"), ("replace", "caption")):
         with pytest.raises(InputError, match=f"method.{key}"):
             _pcsr(**{key: value})
+
+
+def test_clean_loss_options():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(6, 6, generator=g)
+    mean, hardest = triplet_loss(scores, 0.2, hardest=False), triplet_loss(scores, 0.2, hardest=True)
+    assert torch.allclose(_pcsr().direct(scores), mean) and not torch.allclose(mean, hardest)
+    assert torch.allclose(_pcsr(clean_loss="hardest").direct(scores), hardest)
+    soft = _pcsr(clean_loss="soft")
+    assert torch.allclose(soft.direct(scores, torch.ones(6)), hardest)  # sure pairs keep the full margin
+    assert soft.direct(scores, torch.zeros(6)) < hardest  # doubtful ones get a smaller margin
