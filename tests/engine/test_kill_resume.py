@@ -29,7 +29,10 @@ from noisycorr.config import load_config
 from noisycorr.engine.checkpoint import load_state
 from noisycorr.engine.trainer import train
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 TINY = {"noise.rate": 0.4, "train.epochs": 3, "method.warmup_epochs": 1, "train.batch_size": 32}
 EPOCHS = TINY["train.epochs"]
@@ -177,16 +180,6 @@ def _plan(ref: Path) -> list[tuple[str, int]]:
         ("scores", 1),
         ("results", 1),
     ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """No thread pool of the parent may be busy across a fork (it would deadlock the child)."""
-    threads = torch.get_num_threads()
-    with threadpool_limits(1):
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
 
 
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_end(tiny_root, tmp_path):

@@ -22,7 +22,10 @@ from noisycorr.data.synthetic import write_synthetic
 from noisycorr.engine.checkpoint import load_state
 from noisycorr.engine.trainer import train
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 TINY = {"method.name": "mscn", "noise.rate": 0.4, "train.epochs": 3, "method.warmup_epochs": 1,
         "train.batch_size": 16, "model.embed_size": 16, "model.word_dim": 8, "data.meta_size": 0.1}
@@ -65,15 +68,6 @@ def _killed_child(root: Path, out: Path, n: int) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"step #{n}: not killed ({status})"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    with threadpool_limits(1):
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
 
 
 def test_an_mscn_run_killed_mid_training_resumes_to_the_uninterrupted_end(small_root, tmp_path):
