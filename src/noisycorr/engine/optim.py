@@ -174,7 +174,7 @@ class Stepper:
             self.scaler.step(opt)
         self.scaler.update()
 
-    def step(self, name: str = "main") -> None:
+    def step(self, name: str | None = "main") -> None:
         self._clip_and_step(self._pick(name))
 
     def update(self, loss: Tensor, names: tuple[str, ...] | None) -> None:

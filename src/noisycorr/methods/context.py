@@ -105,6 +105,6 @@ class StepControl(Protocol):
         """``loss.backward(**kwargs)``, scaled when AMP is on."""
         ...
 
-    def step(self, name: str = "main") -> None:
-        """Clip and step optimiser ``name``."""
+    def step(self, name: str | None = "main") -> None:
+        """Clip and step optimiser ``name`` (every optimiser when None, after one backward: one AMP scale update)."""
         ...
