@@ -13,6 +13,8 @@ import pytest
 import torch
 from method_helpers import random_batch
 
+from noisycorr.backbones.base import similarity_matrix
+from noisycorr.backbones.sgraf import SGRAF
 from noisycorr.backbones.vse import VSE
 from noisycorr.config import load_config
 from noisycorr.data.meta import read_index_file
@@ -20,7 +22,8 @@ from noisycorr.data.precomp import load_precomp
 from noisycorr.data.synthetic import write_synthetic
 from noisycorr.engine.setup import prepare_data
 from noisycorr.errors import InputError
-from noisycorr.methods.mscn import MSCN, mscn_margin
+from noisycorr.eval.shortlist import shortlist_similarities
+from noisycorr.methods.mscn import MSCN, MetaScored, mscn_margin
 from noisycorr.selection import BetaMixture1D
 
 
@@ -208,3 +211,20 @@ def test_a_meta_set_larger_than_validation_is_refused(root, tmp_path):
     with pytest.raises(InputError) as err:
         prepare_data(_cfg(root, tmp_path / "r", **{"data.meta_size": 50}))  # 10 images of a 10-image split
     assert str(err.value).startswith("data.meta_size: expected between 10 and 45 pairs")
+
+
+def test_shortlist_evaluation_scores_with_the_meta_net_not_the_backbone_head():
+    torch.manual_seed(0)
+    sgraf = SGRAF(vocab_size=30, img_dim=8, embed_size=16, word_dim=8, sim_dim=8, num_regions=5, head="saf")
+    model = MetaScored(sgraf).eval()
+    batch = random_batch(11)
+    with torch.no_grad():
+        img, txt = model.encode_images(batch.images), model.encode_texts(batch.tokens, batch.lengths)
+        exact = similarity_matrix(model, img, txt, batch.lengths)
+        head = similarity_matrix(sgraf, img, txt, batch.lengths)
+    (full,) = shortlist_similarities([model], [(img, txt, batch.lengths)], 11)
+    torch.testing.assert_close(full, exact, atol=1e-5, rtol=0)
+    (short,) = shortlist_similarities([model], [(img, txt, batch.lengths)], 3)
+    scored = (short - exact).abs() < 1e-5
+    assert scored.sum(1).min() >= 3 and not scored.all()
+    assert ((short - head).abs() > 1e-3)[scored].all()  # meta-net scores, not SGRAF's own head
