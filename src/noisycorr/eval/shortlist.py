@@ -24,7 +24,7 @@ mean region / mean word vectors lost 64 rSum at K=10 and 2.7 at K=100; the globa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,19 +119,6 @@ def cheap_scores(
     return total / len(backbones)
 
 
-RowScorer = Callable[[int, Tensor], Tensor]
-
-
-def _row_scorer(backbone: Backbone, encoded: Encoded) -> RowScorer:
-    """``score(i, cols)``: exact scores (len(cols),) of image ``i`` against the captions ``cols``."""
-    img, txt, lens = encoded
-
-    def score(i: int, cols: Tensor) -> Tensor:
-        return backbone.similarity(img[i : i + 1], txt[cols], None if lens is None else lens[cols])[0]
-
-    return score
-
-
 def _sgraf_globals(
     backbone: SGRAF, encoded: Encoded, cache: dict | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -191,12 +178,13 @@ def _score_candidates(
     if isinstance(backbone, SGRAF):
         rows, cols = mask.nonzero(as_tuple=True)
         out[rows.cpu(), cols.cpu()] = _sgraf_pair_scores(backbone, encoded, rows, cols, cache).float().cpu()
-    else:
-        score = _row_scorer(backbone, encoded)
+    else:  # one image against its candidate captions per ``similarity`` call
+        img, txt, lens = encoded
         for i in range(mask.shape[0]):
             cols = mask[i].nonzero().squeeze(1)
             if cols.numel():
-                out[i, cols.cpu()] = score(i, cols).float().cpu()
+                sims = backbone.similarity(img[i : i + 1], txt[cols], None if lens is None else lens[cols])[0]
+                out[i, cols.cpu()] = sims.float().cpu()
     if bool(scored.all()):
         return out
     floor = float(out[scored].min()) if bool(scored.any()) else 0.0
