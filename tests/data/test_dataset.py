@@ -231,3 +231,42 @@ def test_pair_batches_are_unchanged_when_the_read_pages_are_released(tmp_path, m
         got = data.__getitems__(idx)
         assert torch.equal(got.images, expected.images) and torch.equal(got.tokens, expected.tokens)
     assert len(released) == 3 and all(a is split.images for a in released)
+
+
+def test_captions_tokenized_in_blocks_equal_one_block(
+    syn: tuple[PrecompSplit, Vocabulary], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from noisycorr.data import dataset as ds
+
+    split, vocab = syn
+    whole = EncodedCaptions(vocab.encode_many(split.captions))
+    monkeypatch.setattr(ds, "_ENCODE_BLOCK", 7)  # blocks that split images' caption groups
+    blocks = EncodedCaptions.from_captions(split.captions, vocab)
+    np.testing.assert_array_equal(blocks.offsets, whole.offsets)
+    np.testing.assert_array_equal(blocks.flat, whole.flat)
+    idx = np.array([0, 6, 7, len(whole) - 1])
+    for got, want in zip(blocks.padded(idx), whole.padded(idx)):
+        np.testing.assert_array_equal(got, want)
+    assert blocks.padded(idx)[0].dtype == np.int64 and blocks.flat.dtype == np.int32
+
+
+def test_a_training_size_batch_of_random_rows_is_released_after_its_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One random row may map a whole large page-cache folio (MiBs), so 128 rows can map hundreds of MiB:
+    # the dataset must not wait for several batches before releasing them.
+    from noisycorr.data import dataset as ds
+    from noisycorr.data.precomp import load_precomp
+    from noisycorr.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path, seed=1, n_train=200, n_dev=10, n_test=10, n_regions=4, feat_dim=8, n_concepts=12)
+    split = load_precomp(tmp_path, "train")
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    released = []
+    real_release = ds.release_pages
+    monkeypatch.setattr(ds, "release_pages", lambda a: (released.append(a), real_release(a)))
+    data = ds.PairDataset(split, vocab)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        data.__getitems__(rng.permutation(split.n_captions)[:128])
+    assert len(released) == 3

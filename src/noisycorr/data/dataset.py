@@ -26,7 +26,11 @@ from noisycorr.errors import InputError
 
 _N_SPECIAL = 4
 _RELEASE_BYTES = 64 << 20  # mapped feature bytes a dataset may hold before it drops them from its RSS
-_FAULT_AROUND = 64 << 10  # the kernel maps this much of the file around each row a random read touches
+# The file bytes one random row read may map into the process: up to a 2 MiB page-cache folio on kernels with
+# large folios (6.x; 64 KiB fault-around before). A random batch of 128 rows mapped ~200 MiB on this machine's
+# kernel, so a batch of rows is released after each read and mapped memory stays bounded by one batch.
+_FAULT_AROUND = 2 << 20
+_ENCODE_BLOCK = 1 << 16  # captions tokenized at a time at load
 
 
 # --------------------------------------------------------------------------- batches
@@ -96,7 +100,7 @@ class ImageBatch:
 
 
 class EncodedCaptions:
-    """All captions of a split as token ids, stored flat: ``flat`` (T,) int64 and ``offsets`` (N+1,).
+    """All captions of a split as token ids, stored flat: ``flat`` (T,) int32 and ``offsets`` (N+1,) int64.
 
     Caption k is ``flat[offsets[k]:offsets[k + 1]]`` (with ``<start>`` and ``<end>``).
     """
@@ -105,12 +109,25 @@ class EncodedCaptions:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
-        self.flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(self.offsets[-1]))
+        self.flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(self.offsets[-1]))
 
     @classmethod
     def from_captions(cls, captions: Sequence[str], vocab: Vocabulary) -> EncodedCaptions:
-        """Tokenize each caption once (the one per-caption loop, at load time)."""
-        return cls(vocab.encode_many(captions))
+        """Tokenize each caption once (the one per-caption loop, at load time).
+
+        Blocks of ``_ENCODE_BLOCK`` captions are tokenized at a time, so the Python lists of token ids
+        alive at once stay bounded by the block, not by the split (~150 bytes a caption otherwise).
+        """
+        parts = [
+            cls(vocab.encode_many(captions[start : start + _ENCODE_BLOCK]))
+            for start in range(0, len(captions), _ENCODE_BLOCK)
+        ]
+        out = cls([])
+        if parts:
+            out.flat = np.concatenate([p.flat for p in parts])
+            starts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
+            out.offsets = np.concatenate([out.offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
+        return out
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -126,7 +143,7 @@ class EncodedCaptions:
         pos = np.arange(int(lengths.max()) if len(index) else 0)
         valid = pos < lengths[:, None]
         gather = np.where(valid, start[:, None] + pos, 0)
-        return np.where(valid, self.flat[gather], 0), lengths
+        return np.where(valid, self.flat[gather].astype(np.int64), 0), lengths
 
 
 def pad_token_ids(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
