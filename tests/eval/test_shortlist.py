@@ -47,10 +47,24 @@ def _global_node_oracle(model: SGRAF, img, txt, lens) -> torch.Tensor:
                           for i in range(img.shape[0])])
 
 
+def _logit_oracle(model: SGRAF, img, txt, lens) -> torch.Tensor:
+    """SAF's global node before its L2 normalisation, through the modules, one image at a time: what its
+    ``shortlist_scores`` must rank by (they drop the constant ``w . p``)."""
+    with torch.no_grad():
+        img_glo = model.img_attn(img)
+        txt_glo = model.txt_attn(txt, torch.arange(txt.shape[1])[None, :] < lens[:, None])
+        return torch.stack([model.score(model.global_proj((img_glo[i] - txt_glo).pow(2)))[:, 0] - model.score.bias
+                            for i in range(img.shape[0])])
+
+
+def _cheap_oracle(model: SGRAF, img, txt, lens) -> torch.Tensor:
+    """The score the shortlist is picked by: SAF's pre-normalisation logit, SGR's global-node head."""
+    return (_logit_oracle if model.head == "saf" else _global_node_oracle)(model, img, txt, lens)
+
+
 def _oracle_mask(model: SGRAF, img, txt, lens, k: int) -> torch.Tensor:
-    """Each image's k best captions and each caption's k best images by the global-node score, one query
-    at a time."""
-    cos = _global_node_oracle(model, img, txt, lens)
+    """Each image's k best captions and each caption's k best images by the cheap score, one query at a time."""
+    cos = _cheap_oracle(model, img, txt, lens)
     mask = torch.zeros(N_IMG, N_TXT, dtype=torch.bool)
     for i in range(N_IMG):
         mask[i, torch.argsort(cos[i], descending=True)[:k]] = True
@@ -119,12 +133,26 @@ def test_global_scores_are_the_head_on_the_global_node_alone(head):
     torch.testing.assert_close(got, _global_node_oracle(model, img, txt, lens), atol=1e-6, rtol=0)
 
 
+def test_saf_picks_by_the_global_node_logit_before_normalisation_in_one_product():
+    model = _sgraf("saf")
+    img, txt, lens = _encoded(model)
+    with torch.no_grad():
+        img_glo = model.img_attn(img)
+        txt_glo = model.txt_attn(txt, torch.arange(txt.shape[1])[None, :] < lens[:, None])
+        got = model.shortlist_scores(img_glo, txt_glo)
+        sgr = _sgraf("sgr")
+        sgr_glo = sgr.img_attn(img), sgr.txt_attn(txt, torch.arange(txt.shape[1])[None, :] < lens[:, None])
+        torch.testing.assert_close(sgr.shortlist_scores(*sgr_glo), sgr.global_scores(*sgr_glo), atol=0, rtol=0)
+    torch.testing.assert_close(got, _logit_oracle(model, img, txt, lens), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cheap_scores([model], [(img, txt, lens)]), got, atol=1e-6, rtol=0)
+
+
 def test_the_rest_is_ordered_by_the_cheap_score():
     model = _sgraf("saf")
     img, txt, lens = _encoded(model)
     (short,) = shortlist_similarities([model], [(img, txt, lens)], 2)
     mask = _oracle_mask(model, img, txt, lens, 2)
-    cheap = _global_node_oracle(model, img, txt, lens)
+    cheap = _cheap_oracle(model, img, txt, lens)
     torch.testing.assert_close(short[~mask] - short[~mask].max(), cheap[~mask] - cheap[~mask].max(),
                                atol=1e-5, rtol=0)
 
@@ -167,7 +195,10 @@ def test_networks_of_an_ensemble_share_one_shortlist():
     a, b = _sgraf("sgr", seed=0), _sgraf("saf", seed=3)
     enc_a, enc_b = _encoded(a), _encoded(b)
     sa, sb = shortlist_similarities([a, b], [enc_a, enc_b], 3)
-    mask = shortlist_mask((_global_node_oracle(a, *enc_a) + _global_node_oracle(b, *enc_b)) / 2, 3)
+    def z(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / x.std()
+
+    mask = shortlist_mask((z(_cheap_oracle(a, *enc_a)) + z(_cheap_oracle(b, *enc_b))) / 2, 3)
     torch.testing.assert_close(sa[mask], similarity_matrix(a, *enc_a)[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(sb[mask], similarity_matrix(b, *enc_b)[mask], atol=1e-5, rtol=0)
     mean = (sa + sb) / 2

@@ -407,6 +407,22 @@ class SGRAF(Backbone):
             out.append(torch.sigmoid(self.score(vec)).squeeze(-1))
         return torch.cat(out) if out else img_glo.new_zeros(0, b)
 
+    def shortlist_scores(self, img_glo: Tensor, txt_glo: Tensor) -> Tensor:
+        """Cheap scores that pick each query's candidates in shortlist evaluation, from the self-attended
+        global vectors: (a, d) image globals, (b, d) caption globals -> (a, b), higher = better match.
+
+        SAF: the global node's logit before its L2 normalisation, ``w . (P (x - y)^2 + p)`` (``P, p`` =
+        ``global_proj``, ``w`` = ``score``). It is linear in the element-wise squared difference, so with
+        ``u = P^T w`` it is ``u . x^2 + u . y^2 - 2 (x * u) . y`` up to a constant: one (a, d) @ (d, b)
+        product instead of a ``d x sim_dim`` projection per pair. SGR: its reasoning steps are not linear in
+        the node, so the head on the global node alone (:meth:`global_scores`).
+        """
+        if self.head != "saf":
+            return self.global_scores(img_glo, txt_glo)
+        u = self.global_proj.weight.t() @ self.score.weight[0]  # (d,)
+        x, y = img_glo.to(u.dtype), txt_glo.to(u.dtype)
+        return (x.pow(2) @ u)[:, None] + (y.pow(2) @ u)[None, :] - 2.0 * ((x * u) @ y.t())
+
     def _block(
         self, imgs: Tensor, img_glo: Tensor, words: Tensor, txt_glo: Tensor, mask: Tensor, update_stats: bool = True,
         vectors: bool = False,

@@ -5,9 +5,10 @@ against every caption dominates evaluation. Here a cheap score of every pair giv
 ``k`` best images and each image its ``k`` best captions; the union of those pairs is scored exactly,
 for SGRAF as one list of (image, caption) pairs sorted by caption length and cut into head calls, the
 self-attended global vectors computed once; for another backbone one image against its candidate
-captions per ``similarity`` call. The cheap score is, for SGRAF, its own head
-on the global similarity node alone (:meth:`SGRAF.global_scores`: trained weights, no word nodes), for
-another backbone the cosine of :meth:`Backbone.global_embeddings`. The result is the usual
+captions per ``similarity`` call. The cheap score is, for SGRAF, its own trained head on the global
+similarity node (:meth:`SGRAF.shortlist_scores`: with SAF the node's logit before normalisation, which
+factorises into one matrix product; with SGR the head on that node alone, no word nodes), for another
+backbone the cosine of :meth:`Backbone.global_embeddings`. The result is the usual
 (n_img, n_txt) matrix: shortlisted cells hold the exact scores, every other cell a value below the
 lowest of them, ordered among themselves by the cheap score. Memory: the cheap scores and the result,
 (n_img, n_txt) floats each, a bool mask of that shape, and one head call's block.
@@ -104,19 +105,25 @@ def _cosine(vectors: Sequence[tuple[Tensor, Tensor]], chunk: int) -> Tensor:
 def cheap_scores(
     backbones: Sequence[Backbone], encoded: Sequence[Encoded], *, chunk: int = 1000, cache: dict | None = None
 ) -> Tensor:
-    """(n_img, n_txt) scores that pick the shortlist, the mean over the networks, each in [-1, 1]:
-    SGRAF's head on its global node alone (:meth:`SGRAF.global_scores`), for another backbone the
-    cosine of :func:`global_vectors`. ``cache`` keeps SGRAF's global vectors for the exact scoring."""
-    total: Tensor | None = None
+    """(n_img, n_txt) scores that pick the shortlist, higher = better: for SGRAF
+    :meth:`SGRAF.shortlist_scores` (SAF: the global node's logit before normalisation, one matrix product;
+    SGR: its head on the global node alone), for another backbone the cosine of :func:`global_vectors`.
+    Several networks: the mean of their scores, each standardised over its matrix first (their scales
+    differ). ``cache`` keeps SGRAF's global vectors for the exact scoring."""
+    parts = []
     for backbone, enc in zip(backbones, encoded, strict=True):
         if isinstance(backbone, SGRAF):
             img_glo, txt_glo, _, _ = _sgraf_globals(backbone, enc, cache)
-            scores = backbone.global_scores(img_glo, txt_glo).float()
+            scores = backbone.shortlist_scores(img_glo, txt_glo).float()
         else:
             scores = _cosine([global_vectors(backbone, *enc)], chunk)
-        total = scores if total is None else total + scores.to(total.device)
-    assert total is not None
-    return total / len(backbones)
+        parts.append(scores)
+    if len(parts) == 1:
+        return parts[0]
+    total = torch.zeros_like(parts[0])
+    for scores in parts:
+        total += (scores.to(total.device) - scores.mean()) / scores.std().clamp_min(1e-12)
+    return total / len(parts)
 
 
 def _sgraf_globals(
@@ -188,8 +195,10 @@ def _score_candidates(
     if bool(scored.all()):
         return out
     floor = float(out[scored].min()) if bool(scored.any()) else 0.0
-    # Cosines lie in [-1, 1], so the rest lands in [floor - 3, floor - 1], below every exact score.
-    out[~scored] += floor - 2.0
+    rest = ~scored
+    # The rest keeps the cheap score's order, shifted to end 2 below the lowest exact score (so at least 1
+    # below it after float rounding).
+    out[rest] += floor - 2.0 - float(out[rest].max())
     return out
 
 
@@ -199,8 +208,8 @@ def shortlist_similarities(
 ) -> list[Tensor]:
     """Shortlist similarity matrices of one or several networks (an ensemble) on one shared shortlist.
 
-    The shortlist is taken from the mean cosine of the networks' global vectors, so that the
-    networks' matrices can be averaged as in exact evaluation.
+    The shortlist is taken from the networks' combined :func:`cheap_scores`, so that their matrices can
+    be averaged as in exact evaluation.
 
     Args:
         backbones: the networks, in eval mode.
@@ -211,7 +220,7 @@ def shortlist_similarities(
 
     Returns:
         One (n_img, n_txt) float32 CPU tensor per network: exact scores on the shortlist, every other
-        cell below the lowest of them, ordered by the cosine.
+        cell below the lowest of them, ordered by the cheap score.
     """
     if len(backbones) != len(encoded) or not backbones:
         raise InputError("encoded", f"one (img, txt, lengths) per backbone ({len(backbones)})", str(len(encoded)))
