@@ -29,7 +29,7 @@ from noisycorr.data.precomp import PrecompSplit, load_precomp
 from noisycorr.data.vocab import Vocabulary
 from noisycorr.engine.inference import encode_split, evaluate_method
 from noisycorr.errors import InputError
-from noisycorr.eval.shortlist import global_vectors, has_pairwise_head, shortlist_mask
+from noisycorr.eval.shortlist import cheap_scores, has_pairwise_head, shortlist_mask
 from noisycorr.methods.base import Method
 
 _KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -117,13 +117,12 @@ def fastest(repeat: int, run: Any) -> tuple[float, dict[str, float]]:
 
 @torch.no_grad()
 def shortlisted_share(method: Method, split: PrecompSplit, vocab: Vocabulary, k: int, device: str) -> float:
-    """Share of the (n_img, n_txt) pairs the head scores at shortlist size ``k`` (the first network)."""
-    backbone = method.eval_backbones()[0]
-    img, txt, lens = encode_split(backbone, split, vocab, device=device)
-    if not has_pairwise_head(img, txt):
+    """Share of the (n_img, n_txt) pairs the head scores at shortlist size ``k`` (the networks' shared shortlist)."""
+    backbones = method.eval_backbones()
+    encoded = [encode_split(b, split, vocab, device=device) for b in backbones]
+    if not has_pairwise_head(*encoded[0][:2]):
         return 1.0
-    gi, gt = global_vectors(backbone, img, txt, lens)
-    return float(shortlist_mask(gi @ gt.t(), k).float().mean())
+    return float(shortlist_mask(cheap_scores(backbones, encoded), k).float().mean())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -234,3 +234,29 @@ def test_saf_training_batch_norm_ignores_padded_words():
     torch.testing.assert_close(
         model.similarity(img, noisy, lens), model.similarity(img, txt, lens), atol=1e-6, rtol=0
     )
+
+
+@pytest.mark.parametrize("head", ["sgr", "saf"])
+def test_pair_vectors_equal_the_diagonal_with_gradients_also_for_a_zero_region(head):
+    # The pair-list path (MSCN's meta representation, shortlist scoring) lays the word-region attention out
+    # words first and normalises over words without Tensor.norm; values and gradients must match the
+    # all-pairs path, and an all-zero region (zero-padded features) must not turn a gradient into NaN.
+    model = make(head).eval()
+    img_feat, tokens, lengths = inputs(n_img=len(LENGTHS))
+    img_feat = img_feat.clone()
+    img_feat[2, 1] = 0.0
+    model.img_fc.bias.data.zero_()  # so region 1 of image 2 embeds to the zero vector
+    img = model.encode_images(img_feat).detach().requires_grad_(True)
+    txt = model.encode_texts(tokens, lengths).detach().requires_grad_(True)
+    pairs = model.pair_vectors(img, txt, lengths)
+    diag = model.similarity_vectors(img, txt, lengths).diagonal(dim1=0, dim2=1).t()
+    torch.testing.assert_close(pairs, diag, atol=1e-5, rtol=0)
+    g_pairs = torch.autograd.grad(pairs.sum(), (img, txt))
+    g_diag = torch.autograd.grad(diag.sum(), (img, txt))
+    for a in g_pairs:
+        assert bool(torch.isfinite(a).all())
+    # The zero region's own gradient is scaled by 1 / EPS in both paths (float noise, not compared).
+    keep = torch.ones_like(img, dtype=torch.bool)
+    keep[2, 1] = False
+    torch.testing.assert_close(g_pairs[0][keep], g_diag[0][keep], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g_pairs[1], g_diag[1], atol=1e-5, rtol=1e-4)

@@ -168,8 +168,10 @@ def _sgraf_pair_scores(backbone: SGRAF, encoded: Encoded, rows: Tensor, cols: Te
         width = int(lens[cols[order[start]]])
         idx = order[start : start + max(1, budget // ((n_reg + width) * dim))]
         r, c = rows[idx], cols[idx]
+        pick = torch.index_select  # 2-3x faster than advanced indexing for these row gathers on CPU
         out[idx] = backbone.pair_scores_with_globals(
-            img[r], img_glo[r], txt[c, :width], txt_glo[c], words[c, :width]
+            pick(img, 0, r), pick(img_glo, 0, r), pick(txt[:, :width], 0, c), pick(txt_glo, 0, c),
+            pick(words[:, :width], 0, c),
         ).to(out.dtype)
         start += idx.shape[0]
     return out
