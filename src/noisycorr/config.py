@@ -36,7 +36,9 @@ class DataConfig:
     region_drop: float = 0.0
     token_aug: float = 0.0
     val_max_images: int | None = None  # validate on the first N images only (None: all)
-    dense_captions: str | None = None  # JSON-lines dense descriptions of the training images (D2S; data/dense.py)
+    # D2S's dense texts (data/dense.py): a JSON-lines file of dense descriptions of the training images, or
+    # standin (reserved): the run builds the stand-in from its own noisy pairing into <out>/dense_standin.jsonl
+    dense_captions: str | None = None
     train_text: str = "captions"  # captions | dense: train on the dense descriptions instead (D2S stage 1)
     # The meta set (pairs the user declares clean, MSCN): auto (val for a method that uses one, else none) |
     # none | val (whole validation images, removed from validation) | file (training pair indices in meta_file)
@@ -381,8 +383,8 @@ def check_values(cfg: AnyConfig, source: str = "config") -> None:
     if isinstance(cfg, Config) and cfg.data.train_text not in ("captions", "dense"):
         raise InputError(source, "captions or dense", repr(cfg.data.train_text), where="data.train_text")
     if isinstance(cfg, Config) and cfg.data.train_text == "dense" and not cfg.data.dense_captions:
-        raise InputError(source, "data.dense_captions (a dense-text file) with data.train_text=dense", "none",
-                         where="data.dense_captions")
+        raise InputError(source, "data.dense_captions (a dense-text file or standin) with data.train_text=dense",
+                         "none", where="data.dense_captions")
     if isinstance(cfg, Config) and cfg.eval.mode not in _EVAL_MODES:
         raise InputError(source, f"one of {', '.join(_EVAL_MODES)}", repr(cfg.eval.mode), where="eval.mode")
 

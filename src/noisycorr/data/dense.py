@@ -18,6 +18,11 @@ The stand-in (:func:`standin_dense_texts`, ``noisycorr dense-standin``) builds t
 training pair k from the training pairing *as given* (noisy or not): the other captions that the
 pairing attaches to k's image, joined into one text. Under noise it holds mismatched captions too,
 so no ground truth enters it, and caption k itself is never in its own text.
+
+``data.dense_captions: standin`` (:data:`STANDIN`) asks the run itself for the stand-in: it is built
+from the run's own training pairing (:func:`run_standin`), written into the run folder as
+:data:`STANDIN_FILE` with its pairing sidecar (the same bytes ``noisycorr dense-standin`` writes for
+the config), and read back from there, after the pairing check, when the run resumes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from noisycorr.data.vocab import Vocabulary
 from noisycorr.errors import InputError
 
 KEYS = ("image", "image_id", "caption")
+STANDIN = "standin"  # the reserved value of data.dense_captions: the run writes its own stand-in
+STANDIN_FILE = "dense_standin.jsonl"  # where, in the run folder
 
 
 @dataclass
@@ -217,18 +224,42 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".pairing.json")
 
 
-def check_pairing(path: str | Path, pair_image: np.ndarray) -> None:
-    """Refuse a dense-text file whose sidecar records another training pairing than ``pair_image``."""
+def check_pairing(path: str | Path, pair_image: np.ndarray, *, required: bool = False,
+                  expected: str | None = None) -> None:
+    """Refuse a dense-text file whose sidecar records another training pairing than ``pair_image``.
+
+    Args:
+        required: a missing sidecar is an error too (else the file is taken as it is).
+        expected: what the error says was expected (default: the advice to rebuild the file).
+    """
     sidecar = _sidecar(Path(path).expanduser())
     if not sidecar.is_file():
+        if required:
+            raise InputError(sidecar, f"the pairing record written with {Path(path).name}", "no such file")
         return
     try:
         recorded = json.loads(sidecar.read_text(encoding="utf-8"))["pairing_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(sidecar, 'a JSON object with "pairing_sha256"', "an unreadable file") from None
     if recorded != pairing_digest(pair_image):
-        raise InputError(path, "dense texts built from this run's training pairing (rebuild them with "
+        raise InputError(path, expected or "dense texts built from this run's training pairing (rebuild them with "
                          "noisycorr dense-standin and the run's noise settings)", "texts of another pairing")
+
+
+def run_standin(run_dir: str | Path, split: PrecompSplit, pair_image: np.ndarray, *, resuming: bool) -> DenseTexts:
+    """The dense texts of a run with ``data.dense_captions: standin``.
+
+    A new run gets :func:`standin_dense_texts` of its training pairing as given (``pair_image``;
+    the trainer writes them into ``run_dir`` as :data:`STANDIN_FILE`); a resumed run reads that
+    file back, refused when its recorded pairing is not ``pair_image``.
+    """
+    path = Path(run_dir) / STANDIN_FILE
+    if not resuming:
+        return DenseTexts("caption", standin_dense_texts(split.captions, pair_image), str(path))
+    texts = read_dense_texts(path, split)
+    check_pairing(path, pair_image, required=True,
+                  expected="the training pairing the run started with (its noise file or data changed)")
+    return texts
 
 
 # --------------------------------------------------------------------------- batches and datasets
@@ -298,19 +329,23 @@ class DensePairDataset(PairDataset):
 
 
 def dense_train_set(
-    split: PrecompSplit, vocab: Vocabulary, pair_image: np.ndarray, path: str | Path, *, train_text: str = "captions",
-    **kwargs,
+    split: PrecompSplit, vocab: Vocabulary, pair_image: np.ndarray, source: str | Path | DenseTexts, *,
+    train_text: str = "captions", **kwargs,
 ) -> PairDataset:
     """The training set of a run with dense texts (``data.dense_captions``), validated before anything is written.
 
     Args:
         pair_image: (N_cap,) the image row each training pair carries (the pairing as given).
+        source: a dense-text file (read and checked against ``pair_image``), or texts already read.
         train_text: ``captions``: the pairs keep their captions and carry their dense text besides
             (:class:`DensePairDataset`); ``dense``: the dense text *is* the pair's text (D2S stage 1).
         kwargs: :class:`PairDataset` options (``train``, ``region_drop``, ``token_aug``, ``seed``).
     """
-    texts = read_dense_texts(path, split)
-    check_pairing(path, pair_image)
+    if isinstance(source, DenseTexts):
+        texts = source
+    else:
+        texts = read_dense_texts(source, split)
+        check_pairing(source, pair_image)
     captions = EncodedCaptions.from_captions(split.captions, vocab)
     dense, valid = encode_dense(texts, pair_image, vocab, captions)
     if train_text == "dense":

@@ -12,7 +12,7 @@ import torch
 from noisycorr import distributed as dist
 from noisycorr.config import Config
 from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
-from noisycorr.data.dense import dense_train_set
+from noisycorr.data.dense import STANDIN, STANDIN_FILE, dense_train_set, run_standin, write_dense_jsonl
 from noisycorr.data.noise import save_noise
 from noisycorr.engine.checkpoint import load_weights
 from noisycorr.engine.context import TrainContext, pair_context
@@ -105,7 +105,12 @@ class PairTask:
     metric_label = "validation rSum"
 
     def prepare(self, cfg: Config, paths: RunPaths, *, resuming: bool) -> PreparedData:
-        return prepare_data(cfg)
+        """The run's data; with ``data.dense_captions: standin``, its stand-in dense texts too (built from
+        the noisy training pairing, or read back from the run folder when resuming)."""
+        data = prepare_data(cfg)
+        if cfg.data.dense_captions == STANDIN:
+            data.dense = run_standin(paths.root, data.train, data.caption_image, resuming=resuming)
+        return data
 
     def build_method(self, cfg: Config, data: PreparedData) -> Method:
         return build_method(cfg, data.vocab, self.image_shape(data))
@@ -116,7 +121,8 @@ class PairTask:
         options = {"train": True, "region_drop": cfg.data.region_drop, "token_aug": cfg.data.token_aug,
                    "seed": cfg.train.seed}
         if cfg.data.dense_captions:
-            return dense_train_set(data.train, data.vocab, data.caption_image, cfg.data.dense_captions,
+            source = data.dense if cfg.data.dense_captions == STANDIN else cfg.data.dense_captions
+            return dense_train_set(data.train, data.vocab, data.caption_image, source,
                                    train_text=cfg.data.train_text, **options)
         return PairDataset(data.train, data.vocab, data.caption_image, **options)
 
@@ -136,6 +142,8 @@ class PairTask:
             write_json(paths.root / "meta.json", data.meta_json or {})
             index = data.meta.rows if data.meta.source == "val" else data.meta.held_out
             write_npy(paths.root / "meta_index.npy", index.astype(np.int64))
+        if data.dense is not None:  # the stand-in, as `noisycorr dense-standin` writes it
+            write_dense_jsonl(paths.root / STANDIN_FILE, data.dense.texts, key="caption", pair_image=data.caption_image)
 
     def context(self, cfg: Config, method: Method, data: PreparedData, train_set: PairDataset,
                 device: torch.device) -> TrainContext:

@@ -15,6 +15,7 @@ import torch
 
 from noisycorr.config import Config
 from noisycorr.data import synthetic
+from noisycorr.data.dense import DenseTexts
 from noisycorr.data.meta import MetaPairs, meta_from_file, meta_from_val, meta_pairs_wanted, meta_record
 from noisycorr.data.noise import (
     NoiseInfo,
@@ -48,6 +49,7 @@ class PreparedData:
     clean: np.ndarray  # (N_cap,) bool ground truth of the injected noise: diagnostics only
     meta: MetaPairs | None = None  # the pairs the user declares clean (data.meta_source), for the method
     meta_json: dict | None = None  # what meta.json records (sizes, how much validation shrank)
+    dense: DenseTexts | None = None  # the run's own stand-in dense texts (data.dense_captions: standin)
 
 
 def cache_dir() -> Path:

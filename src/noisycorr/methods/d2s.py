@@ -11,7 +11,8 @@ student's caption embedding, as the authors do.
 How it sits in the library:
 
 - The dense texts are data (``data.dense_captions``, :mod:`noisycorr.data.dense`): each training
-  pair carries the dense text of the image it is paired with *as given*.
+  pair carries the dense text of the image it is paired with *as given*. With ``standin`` each
+  stage builds the stand-in from its own (noisy) training pairing into its run folder.
 - Stage 1 is a run of its own: the base method (``vanilla`` or ``ncr``) with
   ``data.train_text=dense`` for ``stage1_epochs`` epochs, in ``stage1_dir`` (default
   ``<run.out_dir>/stage1``). The engine trains it before stage 2 in the same command, resumes it
@@ -107,7 +108,7 @@ class DenseToSparse:
             return None
         if not cfg.data.dense_captions:
             raise InputError("data.dense_captions", f"a dense-text file for method {method['name']!r} "
-                             "(noisycorr dense-standin writes the stand-in)", "none")
+                             "(or standin: the run builds the stand-in from its own pairing)", "none")
         stage = copy.deepcopy(cfg)
         base_keys = {f.name for f in dataclasses.fields(super().Config)}  # type: ignore[misc]
         stage.method = {"name": cls.stage_one_method, **{k: v for k, v in method.items() if k in base_keys}}
