@@ -24,11 +24,14 @@ class FakeEpochContext:
 
     Its per-sample pass ignores ``fn`` and returns fixed, clearly bimodal losses: the first 3/4 of
     the samples low (clean-looking), the rest high, so a fitted split always has a noisy subset.
-    The ``desc`` of every pass is recorded in ``calls``.
+    The ``desc`` of every pass is recorded in ``calls``. With ``embed_dim`` > 0 the pass returns
+    (N, 1 + 2 * embed_dim): the losses, then fixed random image and caption embeddings, as the pass of
+    a method that keeps codebooks (BiCro++).
     """
 
-    def __init__(self, epochs: int, n_samples: int = 40, seed: int = 0):
+    def __init__(self, epochs: int, n_samples: int = 40, seed: int = 0, embed_dim: int = 0):
         self.seed = seed
+        self.embed_dim = embed_dim
         self.epochs = epochs
         self.device = torch.device("cpu")
         self.progress = False
@@ -42,4 +45,7 @@ class FakeEpochContext:
 
     def per_sample(self, fn, *, batch_size=None, desc="per-sample pass") -> torch.Tensor:
         self.calls.append(desc)
+        if self.embed_dim:
+            g = torch.Generator().manual_seed(self.seed)
+            return torch.cat([self.losses[:, None], torch.randn(len(self.losses), 2 * self.embed_dim, generator=g)], 1)
         return self.losses.clone()

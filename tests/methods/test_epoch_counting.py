@@ -45,7 +45,9 @@ def _lrs(cfg) -> list[float]:
 
 
 def _noisy_epochs(method, epochs: int) -> list[int]:
-    ctx = FakeEpochContext(epochs=epochs, n_samples=N)
+    labeler = getattr(method, "consistency_labeler", None)
+    embed_dim = 16 if labeler is not None and labeler.uses_codebook else 0  # BiCro++'s pass: + (2 x 16) embeddings
+    ctx = FakeEpochContext(epochs=epochs, n_samples=N, embed_dim=embed_dim)
     seen = []
     for epoch in range(epochs):
         method.on_epoch_start(epoch, ctx)
@@ -66,12 +68,22 @@ IN2R_PAPER = [
     ("coco-in2r", 1, 40, 15, 5e-4),
     ("cc152k-in2r", 1, 40, 15, 5e-4),
 ]
+# BiCro's train_{f30k,coco,cc152k}.sh (xu5zhao/BiCro @0231631; methods.md sec. 2.7): --warmup_epoch 10 and run.py's
+# defaults num_epochs 40, lr_update 30, lr 2e-4 on every dataset (COCO too, unlike NCR's 20 / 10). BiCro++ has no
+# public code: its presets keep BiCro's schedule.
+BICRO_PAPER = [
+    (f"{dataset}-{method}", 10, 40, 30, 2e-4)
+    for dataset in ("f30k", "coco", "cc152k")
+    for method in ("bicro", "bicropp")
+]
 
 
 # mutant killed: Optimizers ignores method.schedule_start() (start = 0: decay at run epoch 30 for f30k)
 # mutant killed: CoTeachingMethod.schedule_start returns 0 for co_training
 # mutant killed: f30k-ncr.yaml train.epochs 40 (5 + 35) or method.epoch_counting: run
-@pytest.mark.parametrize("preset,warmup,num_epochs,lr_update,lr", NCR_PAPER + IN2R_PAPER)
+# mutant killed: coco-bicro.yaml train.lr_update 10 (coco-sgraf's); f30k-bicro.yaml method.warmup_epochs 5;
+# cc152k-bicro.yaml train.epochs 40; coco-bicropp.yaml method.epoch_counting: run
+@pytest.mark.parametrize("preset,warmup,num_epochs,lr_update,lr", NCR_PAPER + IN2R_PAPER + BICRO_PAPER)
 def test_paper_presets_follow_the_authors_learning_rate_of_every_epoch(preset, warmup, num_epochs, lr_update, lr):
     """e.g. f30k-ncr: 5 warm-up + 40 epochs at 2e-4, x0.1 from co-training epoch 30 (run epoch 35);
     f30k-in2r: 1 + 40 at 5e-4, x0.1 from co-training epoch 15 (run epoch 16)."""
@@ -89,6 +101,18 @@ def test_ncr_paper_presets_add_the_noisy_subset_when_the_authors_do(preset, warm
     method = _method(cfg)
     assert _noisy_epochs(method, cfg.train.epochs) == authors_noisy_epochs(warmup, num_epochs)
     assert all(p.indices is None for e in range(warmup) for p in method.epoch_phases(e))  # warm-up: every pair
+
+
+# mutant killed: f30k-bicro.yaml method.noisy_start 0.4; cc152k-bicropp.yaml method.epoch_counting: run
+@pytest.mark.parametrize("preset,warmup,num_epochs,lr_update,lr", BICRO_PAPER)
+def test_bicro_paper_presets_add_the_noisy_subset_when_the_authors_do(preset, warmup, num_epochs, lr_update, lr):
+    """BiCro's co_train.py:335 (``epoch < num_epochs // 2``: clean subset only): the noisy subset from
+    co-training epoch 20, run epoch 30; the 10 warm-up epochs train each network alone on every pair."""
+    cfg = load_config(preset)
+    method = _method(cfg)
+    assert _noisy_epochs(method, cfg.train.epochs) == authors_noisy_epochs(warmup, num_epochs)
+    assert authors_noisy_epochs(warmup, num_epochs)[0] == 30
+    assert all(p.indices is None for e in range(warmup) for p in method.epoch_phases(e))
 
 
 def test_f30k_ncr_in_words():
