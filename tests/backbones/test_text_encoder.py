@@ -104,3 +104,16 @@ def test_word_table_follows_weight_updates():
     with torch.no_grad():
         after_load, _ = enc(tokens, lens)
     torch.testing.assert_close(after_load, _packed(enc, tokens, lens), atol=1e-6, rtol=0)
+
+
+def test_no_word_table_where_the_recurrence_is_most_of_the_work():
+    enc = BiGRUTextEncoder(VOCAB, WORD, 2 * WORD + 1).eval()  # input projection < 1/3 of the GRU's work
+    tokens, lens = random_captions([5, 3], VOCAB, pad_to=6)
+    with torch.no_grad():
+        out, _ = enc(tokens, lens)
+    assert enc._table is None
+    torch.testing.assert_close(out, _packed(enc, tokens, lens), atol=1e-6, rtol=0)
+    at_limit = BiGRUTextEncoder(VOCAB, WORD, 2 * WORD).eval()
+    with torch.no_grad():
+        at_limit(tokens, lens)
+    assert at_limit._table is not None
