@@ -407,7 +407,7 @@ def _step_grads(confidence_from: str, with_side: bool) -> tuple[list[float], lis
     for step_losses, _ in ncr.training_step(_batch(8), epoch=1, phase="A", streams=streams):
         loss = sum(step_losses.values())
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses, [p.grad.clone() for p in ncr.net_a.parameters() if p.grad is not None]
 
 
