@@ -300,8 +300,8 @@ class SGRAF(Backbone):
         update_stats: bool = True, vectors: bool = False,
     ) -> Tensor:
         """``_block`` on the pairs (p, p) only: (P,) scores, or with ``vectors`` the (P, sim_dim) head inputs."""
-        # Laid out (P, L, R), words first: both batched products then read contiguous operands (~20 % faster
-        # than (P, R, L) on CPU). L2 over words, softmax over regions, as in ``_block``.
+        # Laid out (P, L, R), words first: both batched products then read contiguous operands (faster than
+        # (P, R, L) on CPU). L2 over words, softmax over regions, as in ``_block``.
         attn = F.leaky_relu(torch.bmm(words, imgs.transpose(1, 2)), 0.1) * mask[:, :, None]
         # l2norm over dim 1 without ``Tensor.norm``, which is ~40x slower on a middle dimension on CPU. The
         # clamp (far below EPS) gives an all-zero column (a zero region) norm ~0 with a zero gradient, as

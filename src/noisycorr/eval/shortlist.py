@@ -164,12 +164,12 @@ def _sgraf_pair_scores(backbone: SGRAF, encoded: Encoded, rows: Tensor, cols: Te
     img_glo, txt_glo, lens, words = _sgraf_globals(backbone, encoded, cache)
     order = torch.argsort(lens[cols], descending=True, stable=True)
     out = torch.empty(rows.shape[0], device=txt.device)
+    pick = torch.index_select  # 2-3x faster than advanced indexing for these row gathers on CPU
     start = 0
     while start < order.shape[0]:
         width = int(lens[cols[order[start]]])
         idx = order[start : start + max(1, budget // ((n_reg + width) * dim))]
         r, c = rows[idx], cols[idx]
-        pick = torch.index_select  # 2-3x faster than advanced indexing for these row gathers on CPU
         out[idx] = backbone.pair_scores_with_globals(
             pick(img, 0, r), pick(img_glo, 0, r), pick(txt[:, :width], 0, c), pick(txt_glo, 0, c),
             pick(words[:, :width], 0, c),
