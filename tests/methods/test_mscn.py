@@ -91,6 +91,22 @@ def test_the_soft_margin_is_msc_ns():
     assert mscn_margin(torch.tensor(0.75), 0.2).item() == pytest.approx(0.18)
 
 
+def test_negatives_choose_the_hardest_or_the_mean_violation_with_each_pairs_own_margin():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.3, 0.6], [0.2, 0.95, 0.5]])
+    m = mscn_margin(scores.diagonal(), 0.2)
+    cap = (m[:, None] + scores - scores.diagonal()[:, None]).clamp(min=0).fill_diagonal_(0)  # row i: image i's captions
+    img = (m[None, :] + scores - scores.diagonal()[None, :]).clamp(min=0).fill_diagonal_(0)  # column j: caption j's images
+    hardest = (cap.max(1).values + img.max(0).values).sum()
+    mean = (cap.sum(1) + img.sum(0)).sum() / 2
+    for negatives, expected in (("hardest", hardest), ("mean", mean)):
+        method = MSCN(MSCN.Config(negatives=negatives, warmup_epochs=0),
+                      lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+        assert method.batch_loss(scores).item() == pytest.approx(expected.item(), rel=1e-6), negatives
+    assert hardest > mean  # the two choices differ on this matrix
+    with pytest.raises(InputError, match="method.negatives"):
+        MSCN(MSCN.Config(negatives="all"), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+
+
 def test_the_beta_mixture_starts_from_the_given_initialisation():
     rng = np.random.default_rng(0)
     x = np.r_[rng.beta(2, 6, 300), rng.beta(7, 2, 300)]

@@ -10,7 +10,8 @@ with a binary cross-entropy. Two networks A and B are warmed up on every pair wi
 hinge (net and meta-net together). Then every batch is a bi-level step: (1) a *virtual* Adam step of
 the backbone on the batch's loss, kept differentiable in the meta-net's weights; (2) the meta-net's
 BCE on a meta batch under the virtually updated backbone, and one step of the meta-net; (3) the real
-backbone step with the meta-net fixed. The loss is the hardest-negative hinge with a soft margin
+backbone step with the meta-net fixed. The loss is the hardest-negative hinge (``negatives: hardest``,
+the authors'; ``mean`` averages over the batch's negatives) with a soft margin
 ``m * p^2 / (p^2 + (1 - p)^2)`` from the pair's own (detached) score. Each epoch starts with a
 purification: the score p of every training pair under network X is fitted with a two-component Beta
 mixture whose components start from the meta set's negative and positive score distributions; pairs
@@ -41,6 +42,10 @@ Choices the paper leaves open and deviations from the authors' code (hhc1997/MSC
   it (as the authors); the Adam states are not reset at the end of the warm-up (the authors build new
   optimisers).
 - The warm-up batch is ``train.batch_size`` (the authors use twice the batch).
+- ``negatives: mean`` (not the authors') is for weak warm-ups: the hardest-negative hinge through a frozen
+  learned head has degenerate minima that a cosine does not (every score saturated near 1, where the hinge
+  is just the margin; every score near 0, where the soft margin and so the hinge vanish), and a backbone
+  reaches them in a few dozen steps when most rows still violate the margin (README, MSCN).
 - The Beta mixture is our EM (:class:`~noisycorr.selection.BetaMixture1D`, method-of-moments M-step,
   10 iterations) instead of pomegranate's ``TrueBetaDistribution``; scores are clipped into
   ``[1e-3, 1 - 1e-3]`` as the authors do. When everything looks clean, the least clean
@@ -72,6 +77,7 @@ from noisycorr.selection import BetaMixture1D, Selection, split_clean
 
 VIRTUAL_STEPS = ("adam", "sgd")
 MARGIN_OF = ("pair", "authors")
+NEGATIVES = ("hardest", "mean")
 SCORE_EPS = 1e-3  # the authors clip scores into [1e-3, 1 - 1e-3] before the Beta mixture
 _META_STREAM = 0x4D53
 
@@ -242,6 +248,7 @@ class MSCN(CoTeachingMethod):
         meta_batch_size: int | None = None  # meta pairs per meta batch (positives and negatives); None: train batch
         virtual_step: str = "adam"  # adam (differentiable Adam/AdamW on the real moments) | sgd (the authors')
         margin_of: str = "pair"  # pair (each positive's own soft margin) | authors (their broadcast)
+        negatives: str = "hardest"  # after the warm-up: hardest (the authors') | mean over the batch's negatives
         p_threshold: float = 0.5  # clean when the Beta mixture's clean posterior is above this
         min_noisy_fraction: float = 0.01
         bmm_iterations: int = 10
@@ -249,7 +256,7 @@ class MSCN(CoTeachingMethod):
         eval_chunk_pairs: int = 16384  # (image, caption) representations held at once when scoring a split
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
-        for key, allowed in (("virtual_step", VIRTUAL_STEPS), ("margin_of", MARGIN_OF)):
+        for key, allowed in (("virtual_step", VIRTUAL_STEPS), ("margin_of", MARGIN_OF), ("negatives", NEGATIVES)):
             if getattr(cfg, key) not in allowed:
                 raise InputError(f"method.{key}", f"one of {list(allowed)}", repr(getattr(cfg, key)))
         for key in ("meta_interval", "meta_hidden", "eval_chunk_pairs"):
@@ -373,8 +380,9 @@ class MSCN(CoTeachingMethod):
         return m[None, :].expand(scores.shape) if self.cfg.margin_of == "authors" else m
 
     def batch_loss(self, scores: Tensor) -> Tensor:
-        """Hardest-negative hinge with MSCN's soft margins from the (B, B) scores' own diagonal."""
-        return triplet_loss(scores, self._margins(scores), hardest=True)
+        """The hinge (hardest or mean negative, ``negatives``) with MSCN's soft margins from the (B, B) scores'
+        own diagonal."""
+        return triplet_loss(scores, self._margins(scores), hardest=self.cfg.negatives == "hardest")
 
     def next_meta_batch(self, size: int) -> tuple[PairBatch, Tensor]:
         """The next ``size`` meta pairs of this epoch's plan (cycling) and their (size,) labels."""
