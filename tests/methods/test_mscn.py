@@ -94,8 +94,9 @@ def test_the_soft_margin_is_msc_ns():
 def test_negatives_choose_the_hardest_or_the_mean_violation_with_each_pairs_own_margin():
     scores = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.3, 0.6], [0.2, 0.95, 0.5]])
     m = mscn_margin(scores.diagonal(), 0.2)
-    cap = (m[:, None] + scores - scores.diagonal()[:, None]).clamp(min=0).fill_diagonal_(0)  # row i: image i's captions
-    img = (m[None, :] + scores - scores.diagonal()[None, :]).clamp(min=0).fill_diagonal_(0)  # column j: caption j's images
+    d = scores.diagonal()
+    cap = (m[:, None] + scores - d[:, None]).clamp(min=0).fill_diagonal_(0)  # row i: image i's captions
+    img = (m[None, :] + scores - d[None, :]).clamp(min=0).fill_diagonal_(0)  # column j: caption j's images
     hardest = (cap.max(1).values + img.max(0).values).sum()
     mean = (cap.sum(1) + img.sum(0)).sum() / 2
     for negatives, expected in (("hardest", hardest), ("mean", mean)):
