@@ -55,6 +55,9 @@ def hinge_costs(scores: Tensor, margin: float | Tensor) -> tuple[Tensor, Tensor]
     return cost_cap, cost_img
 
 
+NEGATIVES = ("hardest", "mean")  # method.negatives: the hardest negative of each anchor, or the mean of all
+
+
 def triplet_loss(
     scores: Tensor, margin: float | Tensor = 0.2, *, hardest: bool = True, reduction: str = "sum"
 ) -> Tensor:

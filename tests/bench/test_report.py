@@ -11,6 +11,7 @@ from bench_helpers import tiny_spec
 
 from noisycorr.bench.report import aggregate, write_report
 from noisycorr.bench.spec import spec_from_dict
+from noisycorr.errors import InputError
 
 
 def test_aggregate_is_mean_and_sample_sd_of_known_values():
@@ -69,3 +70,36 @@ def test_the_table_aggregates_seeds_per_method_and_rate(tmp_path):
     with open(spec.report_dir / "cells.csv") as f:
         cells = list(csv.DictReader(f))
     assert len(cells) == 12 and sum(c["status"] == "new" for c in cells) == 1
+
+
+# mutant killed: the table shows the first seed's value instead of the seed mean
+# mutant killed: an unfinished cell's curve joins the mean
+def test_curves_are_tabled_per_epoch_as_seed_means_and_plotted(tmp_path):
+    """A ``curves`` column of metrics.csv appears epoch by epoch, averaged over the finished seeds only,
+    for the methods that log it; a plot per column is written."""
+    raw = tiny_spec(Path("/nowhere"), tmp_path / "b", rates=(0.5,), seeds=(0, 1, 2))
+    raw["curves"] = ["diag_anchor_clean", "not_logged"]
+    spec = spec_from_dict(raw, "s.yaml")
+    logged = {0: [0.8, 0.7, 0.6], 1: [0.9, 0.5, 0.2], 2: [0.1, 0.1, 0.1]}
+    for cell in spec.cells():
+        _fake_cell(cell, 100.0, 10.0, 5.0, 0.9, "a" * 64, epochs=(1.0, 2.0, 3.0))
+        if cell.method == "ncr":
+            rows = "epoch,select_seconds,train_seconds,diag_anchor_clean\n" + "".join(
+                f"{k},1.0,1.0,{v}\n" for k, v in enumerate(logged[cell.seed]))
+            (cell.dir / "metrics.csv").write_text(rows)
+            if cell.seed == 2:
+                (cell.dir / "results.json").unlink()  # unfinished: left out of the means
+    text = write_report(spec, plots=True).read_text()
+    assert "`diag_anchor_clean` per epoch" in text and "`not_logged`" not in text
+    assert "| ncr | 50 % | 0.850 | 0.600 | 0.400 |" in text
+    assert "| vanilla | 50 %" not in text.split("`diag_anchor_clean` per epoch")[1].split("\n\n")[1]
+    pytest.importorskip("matplotlib")
+    assert (spec.report_dir / "curve_diag_anchor_clean_tiny_per_caption.png").is_file()
+    assert not (spec.report_dir / "curve_not_logged_tiny_per_caption.png").exists()
+
+
+def test_curves_must_be_a_list_of_column_names(tmp_path):
+    raw = tiny_spec(Path("/nowhere"), tmp_path / "b")
+    raw["curves"] = "diag_anchor_clean"
+    with pytest.raises(InputError, match="curves"):
+        spec_from_dict(raw, "s.yaml")

@@ -304,10 +304,10 @@ def _hinge_by_cells(s: list[list[float]], m: list[list[float]]) -> float:
     return total + sum(max(max(0.0, m[i][j] + s[i][j] - s[j][j]) for i in range(b) if i != j) for j in range(b))
 
 
-def _fixed_step(monkeypatch, margin_of: str) -> dict[str, torch.Tensor]:
+def _fixed_step(monkeypatch, margin_of: str = "pair", **cfg) -> dict[str, torch.Tensor]:
     """One co-training step of network A with fixed scores (both batches), peer probabilities
     w = [0.1, 0.9, 0.5, 0.3] and predictions p = [0.2, 0.0, 0.4, 0.1] of both networks."""
-    ncr = _ncr(warmup_epochs=0, margin=0.2, margin_of=margin_of)  # exponential soft margin
+    ncr = _ncr(warmup_epochs=0, margin=0.2, margin_of=margin_of, **cfg)  # exponential soft margin
     _set_splits(ncr, N)
     ncr.noisy_from_epoch = 0
     ncr._peer_prob["B"][:4] = torch.tensor([0.1, 0.9, 0.5, 0.3])
@@ -349,6 +349,28 @@ def test_margin_of_pair_is_each_positive_pairs_own_margin_by_hand(monkeypatch):
     clean = [_s(w + (1 - w) * p) for w, p in zip(W, P)]
     assert losses["clean"].item() == pytest.approx(_hinge_by_hand(torch.tensor(_SCORES), clean), abs=1e-6)
     assert losses["noisy"].item() == pytest.approx(_hinge_by_hand(torch.tensor(_SCORES), [_s(p) for p in P]), abs=1e-6)
+
+
+def _mean_hinge_by_hand(s: list[list[float]], margins: list[float]) -> float:
+    """Pair i's violations averaged over its B - 1 negatives, in both directions, summed over pairs."""
+    b = len(s)
+    total = 0.0
+    for i in range(b):
+        total += sum(max(0.0, margins[i] + s[i][j] - s[i][i]) for j in range(b) if j != i) / (b - 1)
+        total += sum(max(0.0, margins[i] + s[j][i] - s[i][i]) for j in range(b) if j != i) / (b - 1)
+    return total
+
+
+# mutant killed: negatives ignored (always the hardest negative)
+def test_negatives_mean_averages_each_pairs_violations_in_both_subsets(monkeypatch):
+    """``negatives: mean``: both co-training hinges average over the negatives, with each pair's soft margin."""
+    losses = _fixed_step(monkeypatch, negatives="mean")
+    clean = [_s(w + (1 - w) * p) for w, p in zip(W, P)]
+    assert losses["clean"].item() == pytest.approx(_mean_hinge_by_hand(_SCORES, clean), abs=1e-6)
+    assert losses["noisy"].item() == pytest.approx(_mean_hinge_by_hand(_SCORES, [_s(p) for p in P]), abs=1e-6)
+    assert abs(_mean_hinge_by_hand(_SCORES, clean) - _hinge_by_hand(torch.tensor(_SCORES), clean)) > 1e-3
+    with pytest.raises(InputError, match="method.negatives"):
+        _ncr(negatives="all")
 
 
 def test_margin_of_is_checked():

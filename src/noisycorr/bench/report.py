@@ -1,6 +1,8 @@
 """The bench report: per dataset and noise protocol, a table of test rSum (mean ± sd over seeds) with
 R@1 of both directions, a detection table (ROC-AUC of each method's clean probability), the cost of
-every cell (training seconds per epoch, peak memory), and plots (rSum against noise rate; ROC curves).
+every cell (training seconds per epoch, peak memory), plots (rSum against noise rate; ROC curves),
+and, for each ``metrics.csv`` column the spec names under ``curves``, its value epoch by epoch (a
+table of seed means and a plot per noise rate).
 
 Cells trained on different noise indices for the same (dataset, protocol, rate) are never put side
 by side: the report stops with the two checksums.
@@ -14,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ class CellRecord:
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
     noise_checksum: str | None = None
+    curves: dict[str, list[float | None]] = field(default_factory=dict)  # column -> value per epoch
 
 
 def _read_json(path: Path) -> Any:
@@ -55,19 +58,29 @@ def _read_json(path: Path) -> Any:
         raise InputError(path, "a JSON file written by noisycorr", f"unreadable ({err})") from None
 
 
-def _epoch_seconds(path: Path) -> tuple[int, float | None]:
+def _metric_rows(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
-        return 0, None
+        return []
     with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    secs = [float(r.get("select_seconds") or 0) + float(r.get("train_seconds") or 0) for r in rows]
-    return len(rows), (float(np.mean(secs)) if secs else None)
+        return list(csv.DictReader(f))
 
 
-def read_cell(cell: Cell) -> CellRecord:
-    """Collect a cell's results, noise checksum, epoch time and peak memory (None where unknown)."""
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return None if value is None or math.isnan(value) else value
+
+
+def read_cell(cell: Cell, curves: Sequence[str] = ()) -> CellRecord:
+    """Collect a cell's results, noise checksum, epoch time, peak memory and the per-epoch values of the
+    ``curves`` columns (None where unknown)."""
     rec = CellRecord(cell, cell_status(cell))
-    rec.epochs, rec.epoch_seconds = _epoch_seconds(cell.dir / "metrics.csv")
+    rows = _metric_rows(cell.dir / "metrics.csv")
+    secs = [float(r.get("select_seconds") or 0) + float(r.get("train_seconds") or 0) for r in rows]
+    rec.epochs, rec.epoch_seconds = len(rows), (float(np.mean(secs)) if secs else None)
+    rec.curves = {c: [_number(r.get(c)) for r in rows] for c in curves if rows and c in rows[0]}
     if (cell.dir / "noise.json").is_file():
         rec.noise_checksum = _read_json(cell.dir / "noise.json").get("checksum")
     peaks = []
@@ -200,6 +213,47 @@ def rsum_table(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pro
     return _md_table(["method", *[_pct(r) for r in rates]], body)
 
 
+def curve_means(records: Sequence[CellRecord], dataset: str, protocol: str, rate: float, method: str,
+                column: str) -> list[float | None]:
+    """One (rate, method)'s ``column`` per epoch: the mean over its finished seeds that logged it."""
+    series = [r.curves[column] for r in _pick(records, dataset, protocol, rate, method)
+              if r.status == "done" and column in r.curves]
+    means: list[float | None] = []
+    for e in range(max((len(s) for s in series), default=0)):
+        vals = [s[e] for s in series if e < len(s) and s[e] is not None]
+        means.append(float(np.mean(vals)) if vals else None)
+    return means
+
+
+def _curve_rows(records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
+                methods: list[str], column: str) -> list[tuple[str, float, list[float | None]]]:
+    rows = []
+    for method in methods:
+        for rate in rates:
+            means = curve_means(records, dataset, protocol, rate, method, column)
+            if any(v is not None for v in means):
+                rows.append((method, rate, means))
+    return rows
+
+
+def _short(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def curve_table(records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
+                methods: list[str], column: str) -> str | None:
+    """Markdown: a row per (method, rate) with ``column`` at each epoch (seed means); None without data."""
+    rows = _curve_rows(records, dataset, protocol, rates, methods, column)
+    if not rows:
+        return None
+    n = max(len(means) for _, _, means in rows)
+    body = [[method, _pct(rate), *[_short(means[e]) if e < len(means) else "" for e in range(n)]]
+            for method, rate, means in rows]
+    return _md_table(["method", "noise", *[str(e + 1) for e in range(n)]], body)
+
+
 def summary_text(spec: BenchSpec) -> str:
     """The rSum tables of every dataset and protocol, for the terminal."""
     records = [read_cell(c) for c in spec.cells()]
@@ -249,6 +303,10 @@ def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[
         out += ["Cost per cell (seconds per epoch: per-sample passes and training, without validation):", "",
                 _md_table(["method", "noise", "seed", "status", "epochs", "best epoch", "s / epoch",
                            "peak RSS MiB", "peak GPU MiB"], cost), ""]
+        for column in spec.curves:
+            table = curve_table(records, dataset, protocol, rates, methods, column)
+            if table is not None:
+                out += [f"`{column}` per epoch (1 = the first), mean over the finished seeds:", "", table, ""]
         for png in plots.get(f"{dataset}/{protocol}", []):
             out += [f"![{png}]({png})", ""]
     return "\n".join(out)
@@ -316,6 +374,41 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
     return written
 
 
+def _plot_curves(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
+                 methods: list[str], out: Path) -> list[str]:
+    """One figure per ``curves`` column with data: a panel per noise rate, a line per method (seed means)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for column in spec.curves:
+        rows = _curve_rows(records, dataset, protocol, rates, methods, column)
+        panels = [rate for rate in rates if any(r == rate for _, r, _ in rows)]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, sharey=True)
+        for ax, rate in zip(axes[0], panels, strict=True):
+            for method, r, means in rows:
+                if r != rate:
+                    continue
+                xs = [e + 1 for e, v in enumerate(means) if v is not None]
+                ax.plot(xs, [v for v in means if v is not None], marker=".", label=method,
+                        color=f"C{methods.index(method)}")
+            ax.set(xlabel="epoch", title=f"{_pct(rate)} noise")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(column)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"{dataset}: {column} per epoch")
+        fig.tight_layout()
+        name = f"curve_{column}_{dataset}_{protocol}.png"
+        _save(fig, out / name)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
 def _true_clean(rec: CellRecord, protocol: str, index: np.ndarray, n_captions: int) -> np.ndarray:
     """(N_cap,) ground truth of a cell's injected noise, for its ROC curve."""
     from noisycorr.data.noise import caption_to_image, clean_mask
@@ -345,14 +438,15 @@ def write_report(spec: BenchSpec, *, plots: bool = True) -> Path:
     the PNG plots into ``{out}/report``; returns the Markdown file."""
     from noisycorr.engine.plots import have_matplotlib
 
-    records = [read_cell(c) for c in spec.cells()]
+    records = [read_cell(c, spec.curves) for c in spec.cells()]
     check_noise_files(records)
     out = spec.report_dir
     out.mkdir(parents=True, exist_ok=True)
     pngs: dict[str, list[str]] = {}
     if plots and have_matplotlib():
         for dataset, protocol, rates, methods in _groups(spec):
-            pngs[f"{dataset}/{protocol}"] = _plot_group(spec, records, dataset, protocol, rates, methods, out)
+            pngs[f"{dataset}/{protocol}"] = (_plot_group(spec, records, dataset, protocol, rates, methods, out)
+                                             + _plot_curves(spec, records, dataset, protocol, rates, methods, out))
     _write(out / "summary.csv", _csv_text(summary_rows(spec, records)))
     cells = [{"cell": r.cell.key, "dataset": r.cell.dataset, "protocol": r.cell.protocol, "rate": r.cell.rate,
               "method": r.cell.method, "seed": r.cell.seed, "status": r.status, "rsum": r.rsum,

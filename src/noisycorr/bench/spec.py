@@ -108,6 +108,7 @@ class BenchSpec:
     datasets: tuple[DatasetEntry, ...]
     description: str = ""
     extra: tuple[str, ...] = field(default=())  # --set of the command line, applied last
+    curves: tuple[str, ...] = field(default=())  # metrics.csv columns the report follows epoch by epoch
 
     @property
     def noise_dir(self) -> Path:
@@ -255,11 +256,17 @@ def _seeds(value: Any, source: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _curves(value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise InputError(source, "a list of metrics.csv column names", repr(value), where="curves")
+    return tuple(value)
+
+
 def spec_from_dict(raw: Any, source: str, *, out: str | None = None, extra: list[str] | None = None) -> BenchSpec:
     """Check and parse a spec mapping; every unknown key is a one-line :class:`InputError`."""
     if not isinstance(raw, dict):
         raise InputError(source, "a mapping (out, seeds, set, datasets)", type(raw).__name__)
-    _only(raw, ("description", "out", "seeds", "set", "datasets"), source, "the spec")
+    _only(raw, ("description", "out", "seeds", "set", "datasets", "curves"), source, "the spec")
     datasets = []
     for name, entry in _mapping(raw.get("datasets"), source, "datasets").items():
         w = f"datasets.{name}"
@@ -284,6 +291,7 @@ def spec_from_dict(raw: Any, source: str, *, out: str | None = None, extra: list
         datasets=tuple(datasets),
         description=str(raw.get("description", "")),
         extra=tuple(extra or ()),
+        curves=_curves(raw.get("curves", []), source),
     )
 
 

@@ -68,7 +68,7 @@ from torch.func import functional_call
 from noisycorr.backbones.base import Backbone
 from noisycorr.data.dataset import PairBatch
 from noisycorr.errors import InputError
-from noisycorr.losses import triplet_loss
+from noisycorr.losses import NEGATIVES, triplet_loss
 from noisycorr.methods.base import OptimizerSpec, Phase, StepOutput
 from noisycorr.methods.context import EpochContext, StepControl
 from noisycorr.methods.coteaching import CoTeachingMethod
@@ -77,7 +77,6 @@ from noisycorr.selection import BetaMixture1D, Selection, split_clean
 
 VIRTUAL_STEPS = ("adam", "sgd")
 MARGIN_OF = ("pair", "authors")
-NEGATIVES = ("hardest", "mean")
 SCORE_EPS = 1e-3  # the authors clip scores into [1e-3, 1 - 1e-3] before the Beta mixture
 _META_STREAM = 0x4D53
 

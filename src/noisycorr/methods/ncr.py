@@ -43,7 +43,7 @@ from torch import Tensor
 from noisycorr.backbones.base import Backbone
 from noisycorr.data.dataset import PairBatch
 from noisycorr.errors import InputError
-from noisycorr.losses import SOFT_MARGINS, match_confidence, soft_margin, triplet_loss
+from noisycorr.losses import NEGATIVES, SOFT_MARGINS, match_confidence, soft_margin, triplet_loss
 from noisycorr.methods.base import Phase, StepOutput
 from noisycorr.methods.consistency import ConsistencyLabeler, ConsistencyOptions
 from noisycorr.methods.context import EpochContext
@@ -88,6 +88,7 @@ class NCR(CoTeachingMethod):
         min_noisy_fraction: float = 0.01  # when everything looks clean, the least clean 1 % is called noisy
         soft_margin: str = "exponential"  # exponential | linear | sine
         margin_of: str = "pair"  # pair (each positive pair's own margin) | authors (their broadcasts, see above)
+        negatives: str = "hardest"  # after the warm-up: hardest (the authors') | mean over the batch's negatives
         # eval_pass: the training network's confidence p from a no-grad eval-mode pass, as the authors' predict;
         # forward: from the training forward's own (detached) scores, one batch similarity per network and batch
         # instead of two -- the same p when train and eval mode agree (no dropout, no batch norm), else close
@@ -109,6 +110,8 @@ class NCR(CoTeachingMethod):
         if cfg.margin_of == "authors" and cfg.targets != "rectified":
             expected = "pair with targets: consistency (authors is NCR's rectified loss)"
             raise InputError("method.margin_of", expected, repr(cfg.margin_of))
+        if cfg.negatives not in NEGATIVES:
+            raise InputError("method.negatives", f"one of {list(NEGATIVES)}", repr(cfg.negatives))
         if cfg.targets not in TARGETS:
             raise InputError("method.targets", f"one of {list(TARGETS)}", repr(cfg.targets))
         if cfg.confidence_from not in CONFIDENCE_FROM:
@@ -169,7 +172,7 @@ class NCR(CoTeachingMethod):
         authors = self.cfg.margin_of == "authors"
         cell = w[:, None] + (1.0 - w[:, None]) * p[None, :] if authors else target  # (B, B): the authors'
         margin = soft_margin(cell, self.cfg.margin, self.cfg.soft_margin)
-        loss = triplet_loss(scores, margin, hardest=True)
+        loss = self._hinge(scores, margin)
         yield {"clean": loss}, {"target_clean": float(target.mean())}
         if self._side_on(side, epoch):
             scores_u, p_u = self._scores_and_confidence(net, side)
@@ -177,7 +180,7 @@ class NCR(CoTeachingMethod):
             margin_u = soft_margin(target_u, self.cfg.margin, self.cfg.soft_margin)
             if authors:  # row i's margin in every cell: the negative image's in the caption-anchor direction
                 margin_u = margin_u[:, None].expand(-1, margin_u.shape[0])
-            loss_u = triplet_loss(scores_u, margin_u, hardest=True)
+            loss_u = self._hinge(scores_u, margin_u)
             yield {"noisy": loss_u}, {"target_noisy": float(target_u.mean())}
 
     def _scores_and_confidence(self, net: Backbone, batch: PairBatch) -> tuple[Tensor, Tensor]:
@@ -190,6 +193,10 @@ class NCR(CoTeachingMethod):
         p = self.predict(net, batch)
         return self._scores(net, batch), p
 
+    def _hinge(self, scores: Tensor, margin: Tensor) -> Tensor:
+        """The co-training hinge of (B, B) scores with soft margins: hardest or mean negative (``negatives``)."""
+        return triplet_loss(scores, margin, hardest=self.cfg.negatives == "hardest")
+
     def _side_on(self, side: PairBatch | None, epoch: int) -> bool:
         return side is not None and epoch >= self.noisy_from_epoch and len(side) > 1
 
@@ -201,8 +208,8 @@ class NCR(CoTeachingMethod):
         y, y_side = self.consistency_targets(phase, batch, side)
         if side is not None and y_side is not None:
             margin_u = soft_margin(y_side, self.cfg.margin, self.cfg.soft_margin)
-            loss_u = triplet_loss(self._scores(net, side), margin_u, hardest=True)
+            loss_u = self._hinge(self._scores(net, side), margin_u)
             yield {"noisy": loss_u}, {"target_noisy": float(y_side.mean())}
         margin = soft_margin(y, self.cfg.margin, self.cfg.soft_margin)
-        loss = triplet_loss(self._scores(net, batch), margin, hardest=True)
+        loss = self._hinge(self._scores(net, batch), margin)
         yield {"clean": loss}, {"target_clean": float(y.mean()), "target_zero": float((y == 0).float().mean())}
