@@ -365,12 +365,7 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
             ax.set(xlabel="false positive rate", ylabel="true positive rate (clean)", title=f"{_pct(rate)} noise")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="lower right")
-        fig.suptitle(f"{dataset}: detection of mismatched pairs")
-        fig.tight_layout()
-        name = f"roc_{dataset}_{protocol}.png"
-        _save(fig, out / name)
-        plt.close(fig)
-        written.append(name)
+        written.append(_finish(fig, f"{dataset}: detection of mismatched pairs", out / f"roc_{dataset}_{protocol}.png"))
     return written
 
 
@@ -400,12 +395,7 @@ def _plot_curves(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, p
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(column)
         axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"{dataset}: {column} per epoch")
-        fig.tight_layout()
-        name = f"curve_{column}_{dataset}_{protocol}.png"
-        _save(fig, out / name)
-        plt.close(fig)
-        written.append(name)
+        written.append(_finish(fig, f"{dataset}: {column} per epoch", out / f"curve_{column}_{dataset}_{protocol}.png"))
     return written
 
 
@@ -421,6 +411,17 @@ def _true_clean(rec: CellRecord, protocol: str, index: np.ndarray, n_captions: i
                                 captions_per_image=cfg.data.captions_per_image).n_images
     cpi = n_captions // n_images
     return clean_mask(caption_to_image(protocol, index, n_images, cpi), cpi)
+
+
+def _finish(fig: Any, title: str, path: Path) -> str:
+    """Title, lay out, save and close a figure; returns its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path.name
 
 
 def _save(fig: Any, path: Path) -> None:
