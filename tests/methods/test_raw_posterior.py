@@ -58,7 +58,14 @@ def test_ncr_monotone_false_from_yaml_reaches_the_gmm_split(via, tmp_path: Path,
 # mutant killed: BiCro.Config.monotone = True (the Beta mixture's posterior corrected)
 # mutant killed: BiCro.Config.estimator = "gmm"
 def test_bicro_uses_the_raw_beta_mixture_posterior_and_can_choose_the_monotone_one(monkeypatch):
-    bicro = _method_from(load_config("flickr-dev-bicro"))
+    bicro = _method_from(load_config("f30k-bicro"))
     assert _estimators_seen(bicro, monkeypatch) == {("bmm", False)}
-    corrected = _method_from(load_config("flickr-dev-bicro", ["method.monotone=true"]))
+    corrected = _method_from(load_config("f30k-bicro", ["method.monotone=true"]))
     assert _estimators_seen(corrected, monkeypatch) == {("bmm", True)}
+
+
+# mutant killed: flickr-dev-bicro without its estimator/monotone lines (BiCro's raw Beta split returns)
+def test_flickr_dev_bicro_splits_with_ncrs_monotone_gaussian_mixture(monkeypatch):
+    assert _estimators_seen(_method_from(load_config("flickr-dev-bicro")), monkeypatch) == {("gmm", True)}
+    bicropp = load_config("flickr-dev-bicropp").method
+    assert (bicropp["estimator"], bicropp["monotone"]) == ("gmm", True)
