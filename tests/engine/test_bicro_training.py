@@ -32,6 +32,7 @@ def _cfg(preset, root, out, **extra):
 
 
 # mutant killed: anchors never recorded (no diag_anchor_clean column)
+# mutant killed: the anchors column counts the whole batch
 # mutant killed: codebooks not refreshed by the split pass
 def test_bicropp_trains_with_anchors_and_codebooks_and_resumes_exactly(tiny_root, tmp_path, killed_after_epoch):
     straight = train(_cfg("flickr-dev-bicropp", tiny_root, tmp_path / "a"))
@@ -40,6 +41,7 @@ def test_bicropp_trains_with_anchors_and_codebooks_and_resumes_exactly(tiny_root
     for row in rows[1:]:
         assert 0.0 <= float(row["diag_anchor_clean"]) <= 1.0  # the share of truly clean anchors
         assert 0.0 < float(row["codebook_used_A"]) <= 1.0 and float(row["loss_clean"]) > 0
+        assert 1.0 <= float(row["anchors"]) <= 2.0  # purified from floor(16 / 10) + 1 = 2 candidates per batch
     assert [int(r["epoch"]) for r in rows if r["loss_noisy"] != ""] == [2, 3]
     state = load_state(tmp_path / "a" / "checkpoint.pt")["method"]
     assert state["labeler.img_A"].shape == (8, 32) and int(state["labeler.refreshes"]) == 3
@@ -59,7 +61,9 @@ def test_bicro_has_no_codebook_and_the_ncr_plugin_trains_on_consistency_labels(t
     train(_cfg("flickr-dev-bicro", tiny_root, tmp_path / "bicro", **{"train.epochs": 3}))
     state = load_state(tmp_path / "bicro" / "checkpoint.pt")["method"]
     assert state["labeler.img_A"].numel() == 0
-    assert "codebook_used_A" not in _rows(tmp_path / "bicro")[-1]
+    last = _rows(tmp_path / "bicro")[-1]
+    assert "codebook_used_A" not in last
+    assert 1.0 < float(last["anchors"]) <= 2.0  # no purification: 2 per batch of 16, fewer in a short last batch
 
     plug = {"method.targets": "consistency", "method.codebook_size": 8, "train.epochs": 3}
     train(load_config("demo-ncr", tiny_overrides(tiny_root, tmp_path / "ncr", **{**TINY, **plug})))

@@ -133,7 +133,9 @@ class CoTeachingMethod(Method):
             return pass_with_embeddings(net, batch, self.cfg.margin)
         return self.per_sample_loss(net, batch, self.cfg.margin)
 
-    def consistency_targets(self, phase: str, batch: Any, side: Any | None = None) -> tuple[Tensor, Tensor | None]:
+    def consistency_targets(
+        self, phase: str, batch: Any, side: Any | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Soft labels for the batch (and side batch) that network ``phase`` trains on, from its peer.
 
         The peer scores the batch in eval mode; its most confident pairs (NCR's unnormalised match
@@ -150,7 +152,7 @@ class CoTeachingMethod(Method):
         y, y_side, anchors = labeler.labels(peer, scores, confidence, img, txt, side_img, side_txt)
         if self._anchor_hits is not None:
             self._anchor_hits[batch.index.cpu().numpy()[anchors.cpu().numpy()]] = True
-        return y, y_side
+        return y, y_side, anchors
 
     def epoch_diagnostics(self) -> dict[str, Selection]:
         """The pairs used as anchors during the epoch just trained (consistency targets only)."""

@@ -294,7 +294,7 @@ class IN2R(CoTeachingMethod):
 
         margin: float | Tensor = self.cfg.margin
         if self.cfg.targets == "consistency":
-            y, _ = self.consistency_targets(phase, batch)
+            y, _, _ = self.consistency_targets(phase, batch)
             margin = soft_margin(y, self.cfg.margin, self.cfg.soft_margin)
         losses = {
             "clean": triplet_loss(img1 @ txt1.t(), margin, hardest=True),

@@ -205,11 +205,15 @@ class NCR(CoTeachingMethod):
     ) -> Iterator[StepOutput]:
         """Both subsets' labels from the peer before either update, then the noisy and the clean step
         (the authors' order)."""
-        y, y_side = self.consistency_targets(phase, batch, side)
+        y, y_side, anchors = self.consistency_targets(phase, batch, side)
         if side is not None and y_side is not None:
             margin_u = soft_margin(y_side, self.cfg.margin, self.cfg.soft_margin)
             loss_u = self._hinge(self._scores(net, side), margin_u)
             yield {"noisy": loss_u}, {"target_noisy": float(y_side.mean())}
         margin = soft_margin(y, self.cfg.margin, self.cfg.soft_margin)
         loss = self._hinge(self._scores(net, batch), margin)
-        yield {"clean": loss}, {"target_clean": float(y.mean()), "target_zero": float((y == 0).float().mean())}
+        yield {"clean": loss}, {
+            "target_clean": float(y.mean()),
+            "target_zero": float((y == 0).float().mean()),
+            "anchors": float(anchors.sum()),
+        }
