@@ -39,6 +39,14 @@ def test_quick_spec_runs_every_cell_in_its_own_process_and_reports(tiny_root, tm
     assert main(_args(tiny_root, out)) == 0  # everything finished: nothing runs again
     assert "4 finished, 0 to run" in capsys.readouterr().out
 
+    # mutant killed: the dry run lists a finished cell of other settings as done (the real run refuses it)
+    changed = [*_args(tiny_root, out), "--set", "train.lr=0.00037"]
+    assert main([*changed, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "changed      synthetic/per_caption-0.6/ncr/seed0" in captured.out
+    assert captured.err.startswith("noisycorr: error:") and captured.err.count("\n") == 1
+    assert main(changed) == 2 and "changed keys ['lr']" in capsys.readouterr().err
+
 
 def test_a_bad_spec_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "spec.yaml"

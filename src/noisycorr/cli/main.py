@@ -366,20 +366,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from noisycorr.bench import load_spec, run_bench, write_report
     from noisycorr.bench.report import summary_text
-    from noisycorr.bench.runner import BAD_INPUT_EXIT, cell_filter, cell_status, train_command
+    from noisycorr.bench.runner import BAD_INPUT_EXIT, cell_filter, cell_status, check_cell, train_command
     from noisycorr.bench.spec import cell_config
     from noisycorr.engine.setup import data_root
 
     spec = load_spec(args.spec, out=args.out, extra=args.overrides)
     only = cell_filter(args.only) if args.only else None
     if args.dry_run:
+        changed: dict[str, InputError] = {}
+        for cell in spec.cells():  # as the real run does: every cell, listed or not
+            try:
+                check_cell(cell)
+            except InputError as err:
+                changed[cell.key] = err
         cells = [c for c in spec.cells() if only is None or only(c)]
         print(f"{len(cells)} cells of {spec.source} -> {spec.out}")
         for cell in cells:
             cmd = train_command(cell, threads=args.threads or 1, resume=cell_status(cell) == "interrupted")
-            print(f"{cell_status(cell):12s} {cell.key}")
+            print(f"{'changed' if cell.key in changed else cell_status(cell):12s} {cell.key}")
             if args.verbose:
                 print("             " + " ".join(cmd[1:]))
+        if changed:  # the real run would refuse to start
+            raise next(iter(changed.values()))
         return 0
     failed = []
     if not args.report_only:
