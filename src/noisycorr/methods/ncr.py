@@ -10,6 +10,9 @@ rectified: a clean pair's target is ``w + (1 - w) * p``, with p the training net
 confidence; a noisy pair's target is the mean confidence of both networks. A target y scales the
 margin of the hardest-negative hinge (soft margin ``m * s(y)``), so a doubtful pair is pushed
 less. Noisy pairs join the training from mid-training on. Evaluation averages both networks.
+``negatives: mean`` (not the authors') averages the co-training hinge over the batch's negatives
+instead: after a short warm-up on small data the hardest-negative hinge can undo the warm-up (README,
+BiCro and MSCN); the flickr-dev BiCro presets use it.
 
 Epochs are counted as the authors do (``epoch_counting: co_training``): ``train.epochs`` is the
 warm-up plus their ``num_epochs``, and the learning-rate step and the noisy subset's start
