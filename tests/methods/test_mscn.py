@@ -224,6 +224,27 @@ def test_vse_vectors_average_to_its_cosine():
     assert torch.allclose(net.pair_vectors(img, txt), net.similarity_vectors(img, txt).diagonal(dim1=0, dim2=1).t())
 
 
+# mutant killed: the residual head's output layer not zeroed (the fresh head no longer the cosine's ranking)
+# mutant killed: residual head built without the cosine term (meta_head ignored)
+def test_a_fresh_residual_head_is_a_sigmoid_of_the_scaled_cosine_and_learns_its_scale():
+    torch.manual_seed(0)
+    cfg = MSCN.Config(warmup_epochs=0, meta_head="residual", residual_scale=7.0)
+    method = MSCN(cfg, lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+    net = method.net_a.eval()
+    batch = random_batch(6, 5)
+    img, txt = net.encode_images(batch.images), net.encode_texts(batch.tokens, batch.lengths)
+    cosine = net.net.similarity(img, txt)
+    assert torch.allclose(net.similarity(img, txt), torch.sigmoid(7.0 * cosine), atol=1e-6)
+    assert "meta.scale" in dict(net.named_parameters())
+    net.train()
+    method.batch_loss(net(*_inputs(batch))).backward()
+    assert net.meta.scale.grad is not None and net.meta.scale.grad.abs() > 0
+    authors = MSCN(MSCN.Config(warmup_epochs=0), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+    assert authors.net_a.meta.scale is None
+    with pytest.raises(InputError, match="method.meta_head"):
+        MSCN(MSCN.Config(meta_head="cosine"), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+
+
 def test_a_meta_set_larger_than_validation_is_refused(root, tmp_path):
     with pytest.raises(InputError) as err:
         prepare_data(_cfg(root, tmp_path / "r", **{"data.meta_size": 50}))  # 10 images of a 10-image split

@@ -77,6 +77,7 @@ from noisycorr.selection import BetaMixture1D, Selection, split_clean
 
 VIRTUAL_STEPS = ("adam", "sgd")
 MARGIN_OF = ("pair", "authors")
+META_HEADS = ("mlp", "residual")
 SCORE_EPS = 1e-3  # the authors clip scores into [1e-3, 1 - 1e-3] before the Beta mixture
 _META_STREAM = 0x4D53
 
@@ -88,15 +89,28 @@ def mscn_margin(p: Tensor, margin: float) -> Tensor:
 
 
 class MetaNet(nn.Module):
-    """The authors' meta-net: Linear(S, hidden), ReLU, Linear(hidden, 1), sigmoid; (..., S) -> (...)."""
+    """The authors' meta-net: Linear(S, hidden), ReLU, Linear(hidden, 1), sigmoid; (..., S) -> (...).
 
-    def __init__(self, in_dim: int, hidden: int = 64):
+    With ``residual_scale`` (``meta_head: residual``) the logit is ``scale * mean(v) + mlp(v)``, with a
+    learned ``scale`` starting at ``residual_scale`` and the MLP's output layer starting at zero: for VSE,
+    whose ``mean(v)`` is the cosine, the fresh head ranks pairs exactly as the cosine does.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 64, residual_scale: float | None = None):
         super().__init__()
         self.hidden = nn.Linear(in_dim, hidden)
         self.out = nn.Linear(hidden, 1)
+        self.scale: nn.Parameter | None = None
+        if residual_scale is not None:
+            self.scale = nn.Parameter(torch.tensor(float(residual_scale)))
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, vectors: Tensor) -> Tensor:
-        return torch.sigmoid(self.out(torch.relu(self.hidden(vectors)))).squeeze(-1)
+        logit = self.out(torch.relu(self.hidden(vectors))).squeeze(-1)
+        if self.scale is not None:
+            logit = logit + self.scale * vectors.mean(-1)
+        return torch.sigmoid(logit)
 
 
 class MetaScored(Backbone):
@@ -109,15 +123,18 @@ class MetaScored(Backbone):
         net: a backbone with :meth:`~noisycorr.backbones.base.Backbone.similarity_vectors`.
         hidden: the meta-net's hidden size.
         chunk_pairs: at most this many (image, caption) vectors are held at once by ``similarity``.
+        residual_scale: None for the authors' meta-net, else the starting cosine scale of a residual one.
     """
 
-    def __init__(self, net: Backbone, hidden: int = 64, chunk_pairs: int = 1 << 14):
+    def __init__(
+        self, net: Backbone, hidden: int = 64, chunk_pairs: int = 1 << 14, residual_scale: float | None = None
+    ):
         super().__init__()
         if net.vector_dim <= 0:
             raise InputError("model.backbone", "a backbone with a similarity representation (vse, sgraf) for mscn",
                              type(net).__name__)
         self.net = net
-        self.meta = MetaNet(net.vector_dim, hidden)
+        self.meta = MetaNet(net.vector_dim, hidden, residual_scale)
         self.image_input = net.image_input
         self.chunk_pairs = chunk_pairs
 
@@ -243,6 +260,9 @@ class MSCN(CoTeachingMethod):
         epoch_counting: str = "co_training"
         meta_lr: float = 17e-6  # the meta-nets' Adam lr after the warm-up (warm-up: train.lr), same schedule
         meta_hidden: int = 64
+        # mlp: the authors' meta-net; residual: sigmoid(scale * mean(v) + mlp(v)), starting as the cosine (VSE)
+        meta_head: str = "mlp"
+        residual_scale: float = 10.0  # the residual head's starting scale (learned)
         meta_interval: int = 1  # a virtual step every k-th batch of a phase
         meta_batch_size: int | None = None  # meta pairs per meta batch (positives and negatives); None: train batch
         virtual_step: str = "adam"  # adam (differentiable Adam/AdamW on the real moments) | sgd (the authors')
@@ -255,7 +275,8 @@ class MSCN(CoTeachingMethod):
         eval_chunk_pairs: int = 16384  # (image, caption) representations held at once when scoring a split
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
-        for key, allowed in (("virtual_step", VIRTUAL_STEPS), ("margin_of", MARGIN_OF), ("negatives", NEGATIVES)):
+        for key, allowed in (("virtual_step", VIRTUAL_STEPS), ("margin_of", MARGIN_OF), ("negatives", NEGATIVES),
+                             ("meta_head", META_HEADS)):
             if getattr(cfg, key) not in allowed:
                 raise InputError(f"method.{key}", f"one of {list(allowed)}", repr(getattr(cfg, key)))
         for key in ("meta_interval", "meta_hidden", "eval_chunk_pairs"):
@@ -265,7 +286,10 @@ class MSCN(CoTeachingMethod):
             raise InputError("method.meta_batch_size", "an integer >= 2 or null", repr(cfg.meta_batch_size))
         if not cfg.meta_lr > 0:
             raise InputError("method.meta_lr", "a number > 0", repr(cfg.meta_lr))
-        super().__init__(cfg, lambda: MetaScored(build_backbone(), cfg.meta_hidden, cfg.eval_chunk_pairs))
+        if not cfg.residual_scale > 0:
+            raise InputError("method.residual_scale", "a number > 0", repr(cfg.residual_scale))
+        residual = float(cfg.residual_scale) if cfg.meta_head == "residual" else None
+        super().__init__(cfg, lambda: MetaScored(build_backbone(), cfg.meta_hidden, cfg.eval_chunk_pairs, residual))
         self._meta: Any = None  # the context's meta set (MetaPairs), set at each epoch start
         self._held = np.zeros(0, dtype=np.int64)
         self._plan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # meta captions, images, labels
