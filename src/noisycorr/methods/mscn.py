@@ -46,6 +46,9 @@ Choices the paper leaves open and deviations from the authors' code (hhc1997/MSC
   learned head has degenerate minima that a cosine does not (every score saturated near 1, where the hinge
   is just the margin; every score near 0, where the soft margin and so the hinge vanish), and a backbone
   reaches them in a few dozen steps when most rows still violate the margin (README, MSCN).
+- ``meta_head: residual`` (not the authors') adds a learned multiple of ``mean(v)`` to the meta-net's logit
+  and starts its MLP at zero: on VSE, where the meta-net replaces the cosine rather than a learned head,
+  a fresh head then ranks as the cosine (README, MSCN). Default ``mlp``, the authors' meta-net.
 - The Beta mixture is our EM (:class:`~noisycorr.selection.BetaMixture1D`, method-of-moments M-step,
   10 iterations) instead of pomegranate's ``TrueBetaDistribution``; scores are clipped into
   ``[1e-3, 1 - 1e-3]`` as the authors do. When everything looks clean, the least clean
