@@ -58,9 +58,10 @@ def test_ncr_monotone_false_from_yaml_reaches_the_gmm_split(via, tmp_path: Path,
 # mutant killed: BiCro.Config.monotone = True (the Beta mixture's posterior corrected)
 # mutant killed: BiCro.Config.estimator = "gmm"
 def test_bicro_uses_the_raw_beta_mixture_posterior_and_can_choose_the_monotone_one(monkeypatch):
-    bicro = _method_from(load_config("f30k-bicro"))
+    defaults = ["method.name=bicro"]  # a preset that sets neither: BiCro's own defaults
+    bicro = _method_from(load_config("flickr-dev-vse", defaults))
     assert _estimators_seen(bicro, monkeypatch) == {("bmm", False)}
-    corrected = _method_from(load_config("f30k-bicro", ["method.monotone=true"]))
+    corrected = _method_from(load_config("flickr-dev-vse", [*defaults, "method.monotone=true"]))
     assert _estimators_seen(corrected, monkeypatch) == {("bmm", True)}
 
 
