@@ -84,3 +84,14 @@ def test_shipped_specs_find_their_shared_noise_files_from_any_folder(tmp_path, m
     spec = load_spec("paper-f30k", out=str(tmp_path / "b"))
     given = [c.noise_file for c in spec.cells() if c.noise_file and "noise_inx" in c.noise_file]
     assert given and all(Path(f).is_absolute() and Path(f).is_file() for f in given)
+
+
+def test_a_value_may_name_its_cells_folder_fields(tmp_path, tiny_root):
+    raw = tiny_spec(tiny_root, tmp_path / "b", rates=(0.0, 0.4), seeds=(0, 2))
+    shared = "{out}/{dataset}/{protocol}-{rate}/vanilla/seed{seed}/x"
+    raw["datasets"]["tiny"]["methods"] = {"ncr": {"preset": "demo-ncr", "set": {"data.dense_captions": shared}}}
+    spec = spec_from_dict(raw, "spec.yaml")
+    got = {c.key: cell_config(c).data.dense_captions for c in spec.cells()}
+    out = tmp_path / "b" / "tiny"
+    assert got == {f"tiny/per_caption-{r}/ncr/seed{s}": f"{out}/per_caption-{r}/vanilla/seed{s}/x"
+                   for r in ("0", "0.4") for s in (0, 2)}

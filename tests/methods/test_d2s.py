@@ -204,6 +204,11 @@ def test_under_ncr_each_network_distils_from_its_own_teacher_weighted_by_its_pee
     valid = torch.tensor([True] * 15 + [False])
     batch = _dense(random_batch(16, offset=8), valid)
     side = _dense(random_batch(16, offset=24), torch.ones(16, dtype=torch.bool))
+    for net in (method.net_a, method.net_b):  # each network's teacher vectors of these pairs, by pair index
+        kept = torch.zeros(40, 16)
+        for b in (batch, side):
+            kept[b.index] = net.teach(b.dense_tokens, b.dense_lengths)
+        net.keep_taught(kept)
     updates = list(method.training_step(batch, 2, phase="A", streams={"noisy": side}))  # 2: the noisy subset joins
     first = updates[0]
     assert len(updates) == 2 and "distill" in first[0] and "distill" not in updates[1][0]
@@ -234,3 +239,56 @@ def test_the_prompt_student_starts_as_the_stage_one_caption_embedding() -> None:
     with pytest.raises(InputError, match="student_head"):
         DistilledText(base, head="nope")
     np.testing.assert_equal(DistilledText(base, head="plain").head, None)
+
+
+def test_kept_teacher_vectors_are_looked_up_by_pair_until_the_teacher_changes() -> None:
+    torch.manual_seed(0)
+    net = DistilledText(VSE(vocab_size=30, img_dim=8, embed_size=16, word_dim=8), head="plain")
+    batch = random_batch(6)
+    assert not net.has_taught and net.taught(torch.tensor([0])) is None
+    vectors = net.teach(batch.tokens, batch.lengths)
+    net.keep_taught(vectors)
+    order = torch.tensor([4, 0, 5, 0])
+    torch.testing.assert_close(net.taught(order), vectors[order])
+    with torch.no_grad():
+        net.teacher.text.embed.weight.add_(0.5)  # new teacher weights: the kept vectors are stale
+    assert not net.has_taught and net.taught(order) is None
+
+
+def test_stage_two_teaches_every_pair_once_and_distils_from_the_kept_vectors(
+    data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = DistilledText.teach
+
+    def counted(self: DistilledText, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        calls.append(len(tokens))
+        return real(self, tokens, lengths)
+
+    monkeypatch.setattr(DistilledText, "teach", counted)
+    train(_cfg(data, tmp_path / "run", **{"train.epochs": 3}))
+    n_pairs = load_precomp(data[0], "train").n_captions
+    # one pass over the training pairs (its last batch topped up to the batch size) in three stage-2 epochs
+    assert n_pairs <= sum(calls) < n_pairs + 16
+
+
+def test_runs_sharing_an_earlier_stage_take_turns_on_it(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    order: list[str] = []
+
+    def second(root: Path, name: str) -> None:
+        with trainer_mod._stage_lock(root):
+            order.append(name)
+
+    with trainer_mod._stage_lock(tmp_path / "stage1"):
+        same = threading.Thread(target=second, args=(tmp_path / "x" / ".." / "stage1", "same stage"))
+        other = threading.Thread(target=second, args=(tmp_path / "other", "other stage"))
+        same.start(), other.start()
+        other.join(timeout=10)
+        time.sleep(0.3)
+        order.append("holder done")
+    same.join(timeout=10)
+    assert order == ["other stage", "holder done", "same stage"]
+    assert not (tmp_path / "stage1").exists()  # the lock writes nothing into the run folders

@@ -70,7 +70,9 @@ class DistilledText(Backbone):
         n_prompts, layers, heads: :class:`PromptHead` sizes.
 
     While training with gradients, the last caption embedding is kept for :meth:`cached_texts`, so
-    that a loss added after the method's own step need not encode the batch twice.
+    that a loss added after the method's own step need not encode the batch twice. The teacher is
+    frozen, so a method may embed every pair's dense text once (:meth:`keep_taught`) and look the
+    vectors up by pair index (:meth:`taught`) instead of running the teacher over the long texts each step.
     """
 
     def __init__(self, base: Backbone, *, head: str = "prompt", n_prompts: int = 16, layers: int = 1, heads: int = 4):
@@ -87,6 +89,7 @@ class DistilledText(Backbone):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self._cache: tuple[Tensor, Tensor] | None = None
+        self._taught: tuple[tuple[tuple[int, int], ...], Tensor] | None = None  # (teacher version, (N, embed))
 
     def train(self, mode: bool = True) -> DistilledText:
         """Set the mode of the student; the teacher stays in eval mode."""
@@ -118,6 +121,27 @@ class DistilledText(Backbone):
     def teach(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(B, L) dense-text token ids, (B,) lengths -> (B, embed) frozen teacher vectors."""
         return self.teacher.encode_texts(tokens, lengths)
+
+    def _teacher_version(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p.data_ptr(), p._version) for p in self.teacher.parameters())
+
+    def keep_taught(self, vectors: Tensor) -> None:
+        """Keep (N, embed) teacher vectors of every training pair (row = pair index) for :meth:`taught`,
+        valid while the teacher's weights stay as they are now."""
+        self._taught = (self._teacher_version(), vectors)
+
+    @property
+    def has_taught(self) -> bool:
+        """Whether teacher vectors are kept for the teacher's current weights."""
+        return self._taught is not None and self._taught[0] == self._teacher_version()
+
+    def taught(self, index: Tensor) -> Tensor | None:
+        """(B,) pair indices -> (B, embed) kept teacher vectors, or None when none are kept for the
+        teacher's current weights."""
+        if self._taught is None or not self.has_taught:
+            return None
+        vectors = self._taught[1]
+        return vectors[index.to(vectors.device, torch.long)]
 
     def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
         """As the wrapped backbone."""

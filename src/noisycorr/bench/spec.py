@@ -22,7 +22,9 @@ The layout of a spec (see ``noisycorr/configs/bench/*.yaml``)::
           ncr: {preset: flickr-dev-ncr, set: {method.noisy_start: 1.0}}
 
 Settings are layered from the general to the particular: the spec's ``set``, the dataset's, the
-method's, then the cell's own (noise, seed, folder), then ``--set`` of the command line.
+method's, then the cell's own (noise, seed, folder), then ``--set`` of the command line. A value may
+name its cell's ``{out}``, ``{dataset}``, ``{protocol}``, ``{rate}`` and ``{seed}``, e.g. to point two
+methods at one earlier stage: ``method.stage1_dir: "{out}/{dataset}/{protocol}-{rate}/d2s/seed{seed}/stage1"``.
 """
 
 from __future__ import annotations
@@ -143,10 +145,21 @@ class BenchSpec:
                                 f"train.seed={seed}",
                                 f"run.out_dir={folder}",
                             )
-                            overrides = (*self.overrides, *ds.overrides, *m.overrides, *own, *self.extra)
+                            fields = {"out": str(self.out), "dataset": ds.name, "protocol": grid.protocol,
+                                      "rate": f"{rate:g}", "seed": str(seed)}
+                            overrides = tuple(_fill(o, fields) for o in
+                                              (*self.overrides, *ds.overrides, *m.overrides, *own, *self.extra))
                             out.append(Cell(ds.name, grid.protocol, rate, m.name, seed, m.preset, overrides, folder,
                                             noise_file))
         return out
+
+
+def _fill(override: str, fields: dict[str, str]) -> str:
+    """``key=value`` with the cell's ``{field}`` names in the value replaced by their values."""
+    key, value = override.split("=", 1)
+    for name, text in fields.items():
+        value = value.replace("{" + name + "}", text)
+    return f"{key}={value}"
 
 
 def cell_config(cell: Cell) -> Config:
@@ -174,7 +187,11 @@ def _only(values: dict[str, Any], allowed: tuple[str, ...], source: str, where: 
 def _scalar_text(value: Any) -> str:
     """A value as ``--set`` text that reads back as the same value."""
     text = str(value)
-    return text if yaml.safe_load(text) == value else json.dumps(value)
+    try:
+        same = yaml.safe_load(text) == value
+    except yaml.YAMLError:  # e.g. "{out}/..." reads as a broken mapping
+        same = False
+    return text if same else json.dumps(value)
 
 
 def _set_list(value: Any, source: str, where: str) -> tuple[str, ...]:

@@ -12,7 +12,14 @@ import torch
 from noisycorr import distributed as dist
 from noisycorr.config import Config
 from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
-from noisycorr.data.dense import STANDIN, STANDIN_FILE, dense_train_set, run_standin, write_dense_jsonl
+from noisycorr.data.dense import (
+    STANDIN,
+    STANDIN_FILE,
+    DensePairDataset,
+    dense_train_set,
+    run_standin,
+    write_dense_jsonl,
+)
 from noisycorr.data.noise import save_noise
 from noisycorr.engine.checkpoint import load_weights
 from noisycorr.engine.context import TrainContext, pair_context
@@ -147,8 +154,11 @@ class PairTask:
 
     def context(self, cfg: Config, method: Method, data: PreparedData, train_set: PairDataset,
                 device: torch.device) -> TrainContext:
-        """Per-sample passes see the (noisy) training pairs without augmentation."""
+        """Per-sample passes see the (noisy) training pairs without augmentation (and their dense texts)."""
         plain = PairDataset(data.train, data.vocab, data.caption_image, train=False, encoded=train_set.encoded)
+        if isinstance(train_set, DensePairDataset):
+            plain = DensePairDataset(data.train, data.vocab, data.caption_image, train=False, encoded=train_set.encoded,
+                                     dense=train_set.dense, dense_valid=train_set.dense_valid)
         return pair_context(method, plain, batch_size=cfg.train.batch_size, device=device, seed=cfg.train.seed,
                             epochs=cfg.train.epochs, progress=cfg.run.progress, meta=data.meta)
 

@@ -232,13 +232,35 @@ def _run_earlier_stage(cfg: AnyConfig) -> AnyConfig:
         return cfg
     stage_cfg, cfg = plan
     paths = RunPaths(Path(stage_cfg.run.out_dir))
-    if paths.results.is_file():
-        check_same_settings(paths.config, stage_cfg, purpose="to reuse it as the earlier stage")
-        if cfg.run.progress and dist.is_main():
-            tqdm.write(f"earlier stage: reusing the finished run {paths.root}", file=sys.stderr)
-    else:
-        train(stage_cfg, resume=paths.state.exists())
+    with _stage_lock(paths.root):
+        if paths.results.is_file():
+            check_same_settings(paths.config, stage_cfg, purpose="to reuse it as the earlier stage")
+            if cfg.run.progress and dist.is_main():
+                tqdm.write(f"earlier stage: reusing the finished run {paths.root}", file=sys.stderr)
+        else:
+            train(stage_cfg, resume=paths.state.exists())
     return cfg
+
+
+@contextlib.contextmanager
+def _stage_lock(root: Path) -> Iterator[None]:
+    """Hold a lock named after ``root`` so that runs sharing an earlier stage (two bench jobs) train it once:
+    the second waits, then reuses it. The lock file lives in the temporary folder (a refused run writes
+    nothing where it was asked to). Single-process runs only: ranks of one run must not wait on each other."""
+    if dist.world_size() > 1:
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"noisycorr-stage-{digest}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _diverged(paths: RunPaths, epoch: int, phase: str, step: int) -> InputError:

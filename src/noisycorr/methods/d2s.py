@@ -148,7 +148,21 @@ class DenseToSparse:
         if not bool(self.stage1_loaded):
             self.load_stage1(self.cfg.stage1_weights)
             logs["stage1_loaded"] = 1.0
+        self._teach_all(ctx)
         return {**logs, **super().on_epoch_start(epoch, ctx)}  # type: ignore[misc]
+
+    def _teach_all(self, ctx: EpochContext) -> None:
+        """Embed every pair's dense text with each (frozen) teacher once, in the context's fixed order, so
+        that a resumed run looks up the very vectors of an uninterrupted one."""
+        for name, net in self.students().items():
+            if net.has_taught:
+                continue
+
+            def teach(batch: Any, net: DistilledText = net) -> Tensor:
+                dense = _dense(batch)
+                return net.teach(dense.dense_tokens, dense.dense_lengths)
+
+            net.keep_taught(ctx.per_sample(teach, desc=f"teacher {name}").to(ctx.device))
 
     # ------------------------------------------------------------------ stage 2: the distillation
 
@@ -159,15 +173,15 @@ class DenseToSparse:
     def distillation(self, phase: str, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
         """``distill_weight`` x the mean over the batch of ``w * (1 - cos(student, teacher))``; pairs
         without a dense text count 0."""
-        if not isinstance(batch, DensePairBatch):
-            raise InputError("data.dense_captions", "training batches with dense texts (set data.dense_captions)",
-                             type(batch).__name__)
+        batch = _dense(batch)
         students = self.students()
         net = next(iter(students.values())) if len(students) == 1 else self.nets()[phase]  # type: ignore[attr-defined]
         student = net.cached_texts(batch.tokens)
         if student is None:
             student = net.encode_texts(batch.tokens, batch.lengths)
-        teacher = net.teach(batch.dense_tokens, batch.dense_lengths)
+        teacher = net.taught(batch.index)
+        if teacher is None:
+            teacher = net.teach(batch.dense_tokens, batch.dense_lengths)
         cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (B,)
         weight = batch.dense_valid.to(cos.dtype)
         extra = self.distill_weights(phase, batch, epoch)
@@ -200,6 +214,13 @@ class DenseToSparse:
             return Update({**update.losses, "distill": loss}, {**update.logs, **logs}, update.optimizers)
         losses, base_logs = update
         return {**losses, "distill": loss}, {**base_logs, **logs}
+
+
+def _dense(batch: Any) -> DensePairBatch:
+    if not isinstance(batch, DensePairBatch):
+        raise InputError("data.dense_captions", "training batches with dense texts (set data.dense_captions)",
+                         type(batch).__name__)
+    return batch
 
 
 @register_method("d2s")
