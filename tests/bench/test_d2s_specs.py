@@ -1,6 +1,7 @@
 """The D2S bench specs: d2s-flickr-dev shares its vanilla and NCR cells (folders, noise files and settings)
 with the flickr-dev and in2r-flickr-dev specs, its D2S cells build their own stand-in dense texts, and
-d2s-ablation-flickr-dev varies only the student head and the distillation weight of those cells."""
+d2s-ablation-flickr-dev varies only the student head and the distillation weight of those cells (and reuses
+their stage 1)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def test_d2s_ablation_varies_one_setting_of_the_shared_d2s_cells() -> None:
             _same_cell(cell, base)
             continue
         differ = {k for k, v in cfg.method.items() if cell_config(base).method.get(k) != v}
-        assert differ == {"plain": {"student_head"}, "nodistill": {"distill_weight"}}[cell.method[4:]]
+        assert differ == {"plain": {"student_head"}, "nodistill": {"distill_weight"}}[cell.method[4:]] | {"stage1_dir"}
+        assert cfg.method["stage1_dir"] == str(base.dir / "stage1")  # the full cell's stage 1, trained once
         assert cfg.method["student_head" if cell.method == "d2s-plain" else "distill_weight"] in ("plain", 0.0)
         assert cfg.data.dense_captions == "standin" and cell.noise_file == base.noise_file
