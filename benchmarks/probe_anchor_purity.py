@@ -4,11 +4,13 @@ Loads the last checkpoint of a BiCro or BiCro++ run and replays its anchor choic
 co-training step sees it: network B splits the training pairs (its per-sample hinge, the run's
 estimator), random batches of the run's batch size are drawn from B's clean subset, and in each batch
 B's most confident ``floor(B * anchor_fraction) + 1`` pairs are the anchor candidates. For each
-candidate it records its diagonal dominance in B's score matrix and whether it is truly clean (from the
-run's injected noise, which only scores the anchors here; nothing trains). Per tolerance it prints one
-JSON line: anchors kept per batch, the share of kept anchors that are truly clean, and the share of the
-removed candidates that are truly clean (purification helps only where that share is low). A first
-line gives the candidates' precision and the ROC-AUC of dominance for telling clean from noisy ones.
+candidate it records its diagonal dominance in B's score matrix (what BiCro++ purifies with) and in
+A's (the network being trained: a second view, which has memorised other noisy pairs), and whether it
+is truly clean (from the run's injected noise, which only scores the anchors here; nothing trains).
+Per view and tolerance it prints one JSON line: anchors kept per batch, the share of kept anchors that
+are truly clean, and the share of the removed candidates that are truly clean (purification helps only
+where that share is low). A first line gives the candidates' precision and, per view, the ROC-AUC of
+dominance for telling clean from noisy candidates (0.5: no better than chance).
 
     python benchmarks/probe_anchor_purity.py runs/bench/flickr-dev/flickr-dev/per_caption-0.6/bicropp/seed0 \
         --tol -0.05 0 0.05 0.1 0.2
@@ -17,6 +19,7 @@ line gives the candidates' precision and the ROC-AUC of dominance for telling cl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -54,7 +57,7 @@ def main() -> None:
     mc = method.cfg
     ctx = pair_context(method, ds, batch_size=cfg.train.batch_size, device=torch.device("cpu"), seed=0,
                        epochs=cfg.train.epochs)
-    net = method.nets()["B"]
+    net, other = method.nets()["B"], method.nets()["A"]
     losses = ctx.per_sample(lambda b: method.per_sample_loss(net, b, mc.margin), desc="per-sample pass B").numpy()
     prob = clean_probability(losses, estimator=mc.estimator, seed=0, monotone=mc.monotone)
     clean_subset = np.flatnonzero(prob > 0.5)
@@ -62,29 +65,34 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     size = min(int(cfg.train.batch_size), clean_subset.size)
     k = int(size * mc.anchor_fraction) + 1
-    dom_all, clean_all = [], []
+    views: dict[str, list[np.ndarray]] = {"B": [], "A": []}
+    clean_all = []
     for _ in range(args.batches):
         idx = np.sort(rng.choice(clean_subset, size=size, replace=False))
-        scores, _, _ = peer_view(net, ds.__getitems__(idx))
+        batch = ds.__getitems__(idx)
+        scores, _, _ = peer_view(net, batch)
         cand = match_confidence(scores, mc.margin, normalise=False).topk(k).indices
-        dom_all.append(diagonal_dominance(scores)[cand].numpy())
+        views["B"].append(diagonal_dominance(scores)[cand].numpy())
+        views["A"].append(diagonal_dominance(peer_view(other, batch)[0])[cand].numpy())
         clean_all.append(truth[idx[cand.numpy()]])
-    dom = np.stack(dom_all)  # (batches, k)
+    doms = {v: np.stack(d) for v, d in views.items()}  # (batches, k) each
     is_clean = np.stack(clean_all)
     print(json.dumps({
         "run": args.run, "checkpoint_epoch": epoch, "clean_subset": int(clean_subset.size),
         "clean_subset_truly_clean": round(float(truth[clean_subset].mean()), 3),
         "candidates_per_batch": k, "candidate_precision": round(float(is_clean.mean()), 3),
-        "dominance_auc": round(detection_metrics(dom.ravel(), dom.ravel() > 0, is_clean.ravel())["auc"], 3),
-        "dominance_quartiles": np.round(np.quantile(dom, [0.25, 0.5, 0.75]), 3).tolist(),
+        **{f"dominance_auc_{v}": round(detection_metrics(d.ravel(), d.ravel() > 0, is_clean.ravel())["auc"], 3)
+           for v, d in doms.items()},
+        **{f"dominance_quartiles_{v}": np.round(np.quantile(d, [0.25, 0.5, 0.75]), 3).tolist()
+           for v, d in doms.items()},
     }))
-    for tol in args.tol:
+    for (view, dom), tol in itertools.product(doms.items(), args.tol):
         kept = dom > tol
         empty = ~kept.any(axis=1)  # the method keeps the most dominant candidate of such a batch
         kept[empty, dom[empty].argmax(axis=1)] = True
         removed = ~kept
         print(json.dumps({
-            "tol": tol, "anchors_per_batch": round(float(kept.sum(1).mean()), 2),
+            "view": view, "tol": tol, "anchors_per_batch": round(float(kept.sum(1).mean()), 2),
             "kept_truly_clean": round(float(is_clean[kept].mean()), 3),
             "removed_share": round(float(removed.mean()), 3),
             "removed_truly_clean": round(float(is_clean[removed].mean()), 3) if removed.any() else None,
