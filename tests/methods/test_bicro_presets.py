@@ -18,6 +18,7 @@ from noisycorr.config import load_config
 from noisycorr.factory import get_method_class
 from noisycorr.losses import triplet_loss
 from noisycorr.methods.bicro import BiCro, BiCroPP
+from noisycorr.methods.consistency import diagonal_dominance, peer_view
 
 DATASETS = ("f30k", "coco", "cc152k")
 PRESETS = [f"{d}-{m}" for d in DATASETS for m in ("bicro", "bicropp")]
@@ -124,3 +125,23 @@ def test_the_warmup_step_trains_on_the_lowest_loss_30_percent(preset):
         scores = method._scores(net, batch)  # no dropout in this VSE: the training forward's scores
     per_pair = triplet_loss(scores, 0.2, hardest=False, reduction="none")
     assert float(losses["warmup_A"].detach()) == pytest.approx(float(per_pair.sort().values[:3].sum()), rel=1e-4)
+
+
+# mutant killed: consistency_targets purifies in the peer's matrix under purify_view: trained
+# mutant killed: purify_view: trained reads the peer (not the trained network) for the dominance
+@pytest.mark.parametrize("view", ["peer", "trained"])
+def test_purification_reads_the_chosen_networks_score_matrix(view):
+    cfg = load_config("f30k-bicropp")
+    cfg.method.update({"codebook_size": 0, "codebook_weight": 0.0, "anchor_fraction": 1.0, "purify_view": view})
+    method = _build(cfg)
+    with torch.no_grad():  # two different networks
+        for p in method.nets()["A"].parameters():
+            p.add_(torch.randn_like(p))
+    batch = random_batch(12)
+    _, _, anchors = method.consistency_targets("A", batch)
+    reader = method.nets()["B" if view == "peer" else "A"]
+    dominance = diagonal_dominance(peer_view(reader, batch)[0])
+    expected = dominance > 0 if (dominance > 0).any() else dominance == dominance.max()
+    assert anchors.tolist() == expected.tolist()
+    other = diagonal_dominance(peer_view(method.nets()["A" if view == "peer" else "B"], batch)[0]) > 0
+    assert other.tolist() != expected.tolist()  # the two views disagree on this batch, so the test can tell

@@ -197,7 +197,8 @@ def test_codebook_used_before_a_refresh_is_an_error():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("anchor_fraction", 0.0), ("noise_threshold", 1.0), ("codebook_weight", 1.5), ("codebook_temperature", 0.0)],
+    [("anchor_fraction", 0.0), ("noise_threshold", 1.0), ("codebook_weight", 1.5), ("codebook_temperature", 0.0),
+     ("purify_view", "both")],
 )
 def test_out_of_range_options_are_one_line_errors(key, value):
     with pytest.raises(InputError, match=key):
@@ -214,3 +215,14 @@ def test_the_selective_warmup_keeps_the_lowest_loss_share_of_the_batch():
     assert warmup_loss(scores, 0.2, 0.3) == pytest.approx(float(per.sort().values[:3].sum()))
     assert warmup_loss(scores, 0.2, 1.0) == pytest.approx(float(per.sum()))
     assert warmup_loss(scores, 0.2, 0.01) == pytest.approx(float(per.min()))
+
+
+# mutant killed: labels() purifies with `scores` whatever `dominance_scores` says
+def test_labels_purify_with_the_given_dominance_matrix():
+    lab = _labeler(codebook_size=0, codebook_weight=0.0, anchor_fraction=0.5)
+    conf = torch.tensor([0.5, 0.9, 0.8, 0.1])  # candidates {1, 2, 0}; in S only pair 0 dominates
+    img = _unit(torch.eye(4) + 0.1)
+    _, _, own = lab.labels("A", S, conf, img, img)
+    assert own.tolist() == [True, False, False, False]
+    _, _, other = lab.labels("A", S, conf, img, img, dominance_scores=torch.eye(4))
+    assert other.tolist() == [True, True, True, False]

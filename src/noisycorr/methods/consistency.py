@@ -19,7 +19,11 @@ of the abstract's two components, not the authors' design:
   + 1`` most confident pairs of the batch, as in BiCro) is kept only when its own score dominates
   its row and its column of the batch's similarity matrix: ``S_kk - max_{j != k} S_kj > tol`` and
   ``S_kk - max_{j != k} S_jk > tol`` (``dominance_tol``). When no candidate passes, the one with the
-  largest dominance is kept, so a batch always has an anchor.
+  largest dominance is kept, so a batch always has an anchor. The matrix is the labelling peer's
+  (``purify_view: peer``, the default). ``purify_view: trained`` (ours, beyond the abstract) reads
+  the network being trained instead: the peer's own matrix tends to crown the noisy pairs it has
+  memorised, a second network has memorised others (``benchmarks/probe_anchor_purity.py`` measures
+  both views on a run).
 - *Hybrid-level Codebook Alignment*: a codebook per modality (and per network): spherical k-means
   with ``codebook_size`` codewords over the global image embeddings, and separately the caption
   embeddings, of every training pair, refreshed at the start of each co-training epoch from the
@@ -52,6 +56,7 @@ from noisycorr.losses import triplet_loss
 from noisycorr.methods.memory import SizedByCheckpoint
 
 _EPS = 1e-8
+PURIFY_VIEWS = ("peer", "trained")
 
 
 @dataclasses.dataclass
@@ -62,6 +67,7 @@ class ConsistencyOptions:
     noise_threshold: float = 0.5  # a soft label at or below this becomes 0 (BiCro's noise_tem)
     purify: bool = True  # BiCro++: keep only diagonally dominant anchors
     dominance_tol: float = 0.0  # how much an anchor's own score must beat its row and its column by
+    purify_view: str = "peer"  # whose score matrix purifies: the labelling peer's, or the trained network's (ours)
     codebook_size: int = 64  # BiCro++: k-means codewords per modality and network; 0 = instance level only
     codebook_weight: float = 0.5  # share of the cluster-level consistency in the label; 0 = instance level only
     codebook_iters: int = 10  # k-means iterations per refresh
@@ -83,6 +89,8 @@ def check_options(opts: Any) -> None:
         raise InputError("method.codebook_size", "> 0 when codebook_weight > 0", repr(opts.codebook_size))
     if int(opts.codebook_iters) < 1:
         raise InputError("method.codebook_iters", "a positive integer", repr(opts.codebook_iters))
+    if opts.purify_view not in PURIFY_VIEWS:
+        raise InputError("method.purify_view", f"one of {list(PURIFY_VIEWS)}", repr(opts.purify_view))
     if opts.codebook_temperature <= 0:
         raise InputError("method.codebook_temperature", "a positive value", repr(opts.codebook_temperature))
 
@@ -314,19 +322,21 @@ class ConsistencyLabeler(SizedByCheckpoint):
 
     def labels(
         self, name: str, scores: Tensor, confidence: Tensor, img: Tensor, txt: Tensor,
-        side_img: Tensor | None = None, side_txt: Tensor | None = None,
+        side_img: Tensor | None = None, side_txt: Tensor | None = None, dominance_scores: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Soft labels of a clean batch (and of a noisy side batch) from network ``name``'s view.
 
         Args:
             scores: (B, B) the clean batch's similarities; confidence: (B,) its match confidence.
             img, txt: (B, D) its global embeddings; side_img, side_txt: (U, D) the side batch's, or None.
+            dominance_scores: (B, B) the matrix purification reads (``purify_view: trained``); default ``scores``.
 
         Returns:
             (B,) clean-batch labels, (U,) side labels or None, (B,) bool anchors.
         """
         o = self.opts
-        anchors = select_anchors(confidence, scores, fraction=o.anchor_fraction, purify=o.purify, tol=o.dominance_tol)
+        dom = scores if dominance_scores is None else dominance_scores
+        anchors = select_anchors(confidence, dom, fraction=o.anchor_fraction, purify=o.purify, tol=o.dominance_tol)
         a_img, a_txt = img[anchors], txt[anchors]
         offset = (img.mean(0), txt.mean(0)) if o.center else None
         y = clean_labels(self.consistency(name, img, txt, a_img, a_txt, offset), anchors, o.noise_threshold)

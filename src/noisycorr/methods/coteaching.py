@@ -139,7 +139,9 @@ class CoTeachingMethod(Method):
         """Soft labels for the batch (and side batch) that network ``phase`` trains on, from its peer.
 
         The peer scores the batch in eval mode; its most confident pairs (NCR's unnormalised match
-        confidence) are the anchor candidates. Returns (B,) labels and (U,) side labels or None.
+        confidence) are the anchor candidates, purified in the peer's score matrix or, with
+        ``purify_view: trained``, in network ``phase``'s own (eval mode). Returns (B,) labels and (U,)
+        side labels or None.
         """
         labeler = self.consistency_labeler
         assert labeler is not None, "consistency_targets needs self.labeler"
@@ -149,7 +151,10 @@ class CoTeachingMethod(Method):
         side_img = side_txt = None
         if side is not None:
             _, side_img, side_txt = peer_view(self.nets()[peer], side)
-        y, y_side, anchors = labeler.labels(peer, scores, confidence, img, txt, side_img, side_txt)
+        dominance = None
+        if labeler.opts.purify and labeler.opts.purify_view == "trained":
+            dominance = peer_view(self.nets()[phase], batch)[0]
+        y, y_side, anchors = labeler.labels(peer, scores, confidence, img, txt, side_img, side_txt, dominance)
         if self._anchor_hits is not None:
             self._anchor_hits[batch.index.cpu().numpy()[anchors.cpu().numpy()]] = True
         return y, y_side, anchors
