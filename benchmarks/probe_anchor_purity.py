@@ -21,16 +21,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
+from probeutil import load_run
 
-from noisycorr.data.dataset import PairDataset
-from noisycorr.engine.checkpoint import load_last_weights
-from noisycorr.engine.context import pair_context
-from noisycorr.engine.rundir import read_run_config
-from noisycorr.engine.setup import build_method, prepare_data
 from noisycorr.eval.detection import detection_metrics
 from noisycorr.losses import match_confidence
 from noisycorr.methods.consistency import diagonal_dominance, peer_view
@@ -46,17 +41,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = read_run_config(args.run)
-    data = prepare_data(cfg, with_test=False)
-    ds = PairDataset(data.train, data.vocab, data.caption_image)
-    method = build_method(cfg, data.vocab, tuple(data.train.images.shape[1:]))
-    state = Path(args.run) / "checkpoint.pt"
-    load_last_weights(method, state)
-    epoch = int(torch.load(state, map_location="cpu", weights_only=True)["epoch"])
-    method.eval()
+    run = load_run(args.run)
+    cfg, data, ds, method, epoch, ctx = run.cfg, run.data, run.dataset, run.method, run.epoch, run.ctx
     mc = method.cfg
-    ctx = pair_context(method, ds, batch_size=cfg.train.batch_size, device=torch.device("cpu"), seed=0,
-                       epochs=cfg.train.epochs)
     net, other = method.nets()["B"], method.nets()["A"]
     losses = ctx.per_sample(lambda b: method.per_sample_loss(net, b, mc.margin), desc="per-sample pass B").numpy()
     prob = clean_probability(losses, estimator=mc.estimator, seed=0, monotone=mc.monotone)

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
+from probeutil import load_run
 
-from noisycorr.data.dataset import PairDataset
-from noisycorr.engine.checkpoint import load_last_weights
-from noisycorr.engine.context import pair_context
-from noisycorr.engine.rundir import read_run_config
-from noisycorr.engine.setup import build_method, prepare_data
 from noisycorr.eval.detection import detection_metrics
 from noisycorr.selection import clean_probability
 from noisycorr.selection.mixtures import BetaMixture1D, minmax_normalise
@@ -37,16 +32,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = read_run_config(args.run)
-    data = prepare_data(cfg, with_test=False)
-    ds = PairDataset(data.train, data.vocab, data.caption_image)
-    method = build_method(cfg, data.vocab, tuple(data.train.images.shape[1:]))
-    state = Path(args.run) / "checkpoint.pt"
-    load_last_weights(method, state)
-    epoch = int(torch.load(state, map_location="cpu", weights_only=True)["epoch"])
-    method.eval()
-    ctx = pair_context(method, ds, batch_size=cfg.train.batch_size, device=torch.device("cpu"), seed=0,
-                       epochs=cfg.train.epochs)
+    run = load_run(args.run)
+    data, method, epoch, ctx = run.data, run.method, run.epoch, run.ctx
     net = method.nets()["A"]
     losses = ctx.per_sample(lambda b: method.per_sample_loss(net, b, method.cfg.margin), desc="per-sample pass A")
     losses = losses.numpy()
