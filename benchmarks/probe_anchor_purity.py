@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = load_run(args.run)
-    cfg, data, ds, method, epoch, ctx = run.cfg, run.data, run.dataset, run.method, run.epoch, run.ctx
+    cfg, data, method, epoch, ctx = run.cfg, run.data, run.method, run.epoch, run.ctx
     mc = method.cfg
     net, other = method.nets()["B"], method.nets()["A"]
     losses = ctx.per_sample(lambda b: method.per_sample_loss(net, b, mc.margin), desc="per-sample pass B").numpy()
@@ -56,7 +56,7 @@ def main() -> None:
     clean_all = []
     for _ in range(args.batches):
         idx = np.sort(rng.choice(clean_subset, size=size, replace=False))
-        batch = ds.__getitems__(idx)
+        batch = ctx.fetch(idx)
         scores, _, _ = peer_view(net, batch)
         cand = match_confidence(scores, mc.margin, normalise=False).topk(k).indices
         views["B"].append(diagonal_dominance(scores)[cand].numpy())

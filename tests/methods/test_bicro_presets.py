@@ -127,8 +127,7 @@ def test_the_warmup_step_trains_on_the_lowest_loss_30_percent(preset):
     assert float(losses["warmup_A"].detach()) == pytest.approx(float(per_pair.sort().values[:3].sum()), rel=1e-4)
 
 
-# mutant killed: consistency_targets purifies in the peer's matrix under purify_view: trained
-# mutant killed: purify_view: trained reads the peer (not the trained network) for the dominance
+# mutant killed: purify_view: trained reads the peer's matrix (not the trained network's) for the dominance
 @pytest.mark.parametrize("view", ["peer", "trained"])
 def test_purification_reads_the_chosen_networks_score_matrix(view):
     cfg = load_config("f30k-bicropp")
