@@ -62,6 +62,23 @@ def test_a_finished_cell_with_other_settings_is_refused(tiny_root, tmp_path):
         run_bench(changed, runner=Recorder(changed), echo=lambda s: None)
 
 
+def test_a_finished_two_stage_cell_is_not_refused_for_the_stage_weights_its_run_records(tiny_root, tmp_path):
+    # A D2S run saves its config with method.stage1_weights filled in by the stage plan; the spec's cell
+    # names none. The bench must compare against the planned config, or every later bench call fails.
+    d2s = {"preset": "demo", "set": {"method.name": "d2s", "data.dense_captions": "standin", "method.stage1_epochs": 1,
+                                     "method.prompt_tokens": 2, "method.prompt_heads": 2}}
+    spec = _spec(tiny_root, tmp_path / "b", rates=(0.0,), seeds=(0,), methods={"d2s": d2s})
+    run_bench(spec, runner=Recorder(spec), echo=lambda s: None)
+    (cell,) = spec.cells()
+    assert cell_status(cell) == "done" and "stage1_weights" in (cell.dir / "config.yaml").read_text()
+    rec = Recorder(spec)
+    assert run_bench(spec, runner=rec, echo=lambda s: None) == [] and rec.commands == []
+    d2s["set"]["method.distill_weight"] = 0.5  # a real change is still refused
+    changed = _spec(tiny_root, tmp_path / "b", rates=(0.0,), seeds=(0,), methods={"d2s": d2s})
+    with pytest.raises(InputError, match=r"changed keys \['distill_weight'\]"):
+        run_bench(changed, runner=Recorder(changed), echo=lambda s: None)
+
+
 def test_every_cell_of_a_column_trains_on_the_pinned_index(tiny_root, tmp_path):
     spec = _spec(tiny_root, tmp_path / "b", rates=(0.5,), seeds=(0, 1), methods={"vanilla": "demo", "van2": "demo"})
     run_bench(spec, runner=Recorder(spec), echo=lambda s: None)

@@ -24,6 +24,7 @@ from noisycorr.bench.pins import pin_noise
 from noisycorr.bench.spec import BenchSpec, Cell, cell_config
 from noisycorr.data.paths import atomic_write_bytes
 from noisycorr.engine.rundir import RunPaths, check_same_settings
+from noisycorr.engine.trainer import stage_plan
 from noisycorr.errors import InputError
 
 RESULTS_FILE = "results.json"
@@ -69,10 +70,12 @@ def cell_status(cell: Cell) -> str:
 
 
 def check_cell(cell: Cell) -> None:
-    """A cell run earlier must have trained exactly the settings the spec asks for now."""
+    """A cell run earlier must have trained exactly the settings the spec asks for now (as the run saves
+    them: after its method's stage plan, which may name an earlier stage's weights)."""
     config = cell.dir / "config.yaml"
     if config.is_file():
-        check_same_settings(config, cell_config(cell), purpose=f"as the spec's cell {cell.key}")
+        _, planned = stage_plan(cell_config(cell))
+        check_same_settings(config, planned, purpose=f"as the spec's cell {cell.key}")
 
 
 def train_command(cell: Cell, *, threads: int, resume: bool) -> list[str]:

@@ -221,16 +221,22 @@ def train(cfg: AnyConfig, *, resume: bool = False) -> dict[str, Any]:
     return task.finish(cfg, method, data, device, ctx, paths, train_seconds=time.perf_counter() - t_start)
 
 
-def _run_earlier_stage(cfg: AnyConfig) -> AnyConfig:
-    """Train, resume or reuse the run the method starts from (:meth:`Method.earlier_stage`); this run's config."""
+def stage_plan(cfg: AnyConfig) -> tuple[AnyConfig | None, AnyConfig]:
+    """The run ``cfg``'s method starts from (:meth:`Method.earlier_stage`; ``None`` when there is none) and
+    the config this run trains and saves once that stage is planned (e.g. pointing at the stage's weights)."""
     if isinstance(cfg, LabeledConfig):
-        return cfg
+        return None, cfg
     from noisycorr.factory import get_method_class
 
     plan = get_method_class(str(cfg.method["name"])).earlier_stage(cfg)
-    if plan is None:
+    return (None, cfg) if plan is None else plan
+
+
+def _run_earlier_stage(cfg: AnyConfig) -> AnyConfig:
+    """Train, resume or reuse the run the method starts from (:meth:`Method.earlier_stage`); this run's config."""
+    stage_cfg, cfg = stage_plan(cfg)
+    if stage_cfg is None:
         return cfg
-    stage_cfg, cfg = plan
     paths = RunPaths(Path(stage_cfg.run.out_dir))
     with _stage_lock(paths.root):
         if paths.results.is_file():
