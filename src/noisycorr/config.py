@@ -37,7 +37,8 @@ class DataConfig:
     token_aug: float = 0.0
     val_max_images: int | None = None  # validate on the first N images only (None: all)
     # D2S's dense texts (data/dense.py): a JSON-lines file of dense descriptions of the training images, or
-    # standin (reserved): the run builds the stand-in from its own noisy pairing into <out>/dense_standin.jsonl
+    # standin (reserved): the run builds the stand-in from its own noisy pairing into <out>/dense_standin.jsonl;
+    # standin-consensus: the same without the captions that disagree with the others of their image
     dense_captions: str | None = None
     train_text: str = "captions"  # captions | dense: train on the dense descriptions instead (D2S stage 1)
     # The meta set (pairs the user declares clean, MSCN): auto (val for a method that uses one, else none) |

@@ -1,7 +1,7 @@
 """The D2S bench specs: d2s-flickr-dev shares its vanilla and NCR cells (folders, noise files and settings)
 with the flickr-dev and in2r-flickr-dev specs, its D2S cells build their own stand-in dense texts, and
 d2s-ablation-flickr-dev varies only the student head and the distillation weight of those cells (and reuses
-their stage 1)."""
+their stage 1); d2s-consensus-flickr-dev changes only the stand-in of its own cells."""
 
 from __future__ import annotations
 
@@ -51,3 +51,19 @@ def test_d2s_ablation_varies_one_setting_of_the_shared_d2s_cells() -> None:
         assert cfg.method["stage1_dir"] == str(base.dir / "stage1")  # the full cell's stage 1, trained once
         assert cfg.method["student_head" if cell.method == "d2s-plain" else "distill_weight"] in ("plain", 0.0)
         assert cfg.data.dense_captions == "standin" and cell.noise_file == base.noise_file
+
+
+def test_d2s_consensus_shares_the_d2s_cells_and_changes_only_the_standin_of_its_own() -> None:
+    cells = _by_key("d2s-consensus-flickr-dev")
+    full = _by_key("d2s-flickr-dev")
+    assert {c.rate for c in cells.values()} == {0.4} and len(cells) == 12
+    for key, cell in cells.items():
+        if not cell.method.endswith("-cons"):
+            _same_cell(cell, full[key])
+            continue
+        base = full[key.replace(f"/{cell.method}/", f"/{cell.method[:-5]}/")]
+        cfg, twin = cell_config(cell).to_dict(), cell_config(base).to_dict()
+        assert cfg["data"].pop("dense_captions") == "standin-consensus"
+        assert twin["data"].pop("dense_captions") == "standin"
+        assert cfg["run"].pop("out_dir") != twin["run"].pop("out_dir") and cell.noise_file == base.noise_file
+        assert cfg == twin  # own stage 1 (default <out>/stage1): its texts differ

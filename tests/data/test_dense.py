@@ -14,6 +14,8 @@ from noisycorr.data.dataset import EncodedCaptions
 from noisycorr.data.dense import (
     DensePairBatch,
     DensePairDataset,
+    caption_consensus,
+    consensus_keep,
     dense_train_set,
     read_dense_texts,
     standin_dense_texts,
@@ -109,6 +111,37 @@ def test_the_standin_joins_the_other_captions_of_the_image_as_given_never_the_ca
         assert t is None or captions[k] not in t.split()
 
 
+def test_consensus_is_the_mean_idf_cosine_with_the_other_captions_of_the_image_as_given() -> None:
+    captions = ["red kite flies", "red kite flies", "old man sings", "blue boat sails", "blue boat sails", "cat"]
+    pairing = np.array([0, 0, 0, 1, 1, 2])
+    score = caption_consensus(captions, pairing)
+    # identical captions: cosine 1; no shared word: 0; captions 0 and 1 each see one twin and one stranger
+    assert score[0] == pytest.approx(0.5) and score[1] == pytest.approx(0.5) and score[2] == pytest.approx(0.0)
+    assert score[3] == pytest.approx(1.0) and score[4] == pytest.approx(1.0)
+    assert np.isnan(score[5])  # alone on its image
+
+
+def test_consensus_keep_drops_the_captions_that_disagree_with_their_image_and_the_standin_leaves_them_out() -> None:
+    themes = [["dog", "grass", "ball", "runs", "brown", "park"], ["plane", "sky", "cloud", "jet", "flies", "wing"],
+              ["boat", "lake", "oar", "row", "water", "dock"], ["girl", "swing", "laugh", "yard", "pink", "child"]]
+    rng = np.random.default_rng(0)
+    captions, pairing, strangers = [], [], []
+    for image, words in enumerate(themes):
+        for j in range(5):
+            if j == 4:  # one caption of another theme, paired with this image (a mismatched pair)
+                words = themes[(image + 1) % 4]
+                strangers.append(len(captions))
+            captions.append(" ".join(["a", *rng.choice(words, size=3, replace=False)]))
+            pairing.append(image)
+    pairing = np.asarray(pairing)
+    keep = consensus_keep(captions, pairing)
+    assert not keep[strangers].any() and keep[np.setdiff1d(np.arange(len(captions)), strangers)].all()
+    texts = standin_dense_texts(captions, pairing, keep=keep)
+    for k, text in enumerate(texts):
+        others = [captions[j] for j in np.flatnonzero(pairing == pairing[k]) if j != k and keep[j]]
+        assert text == " ".join(others)  # a stranger still gets the agreeing captions of the image it carries
+
+
 def test_a_written_standin_reads_back(tmp_path: Path, split: PrecompSplit) -> None:
     texts = standin_dense_texts(split.captions, split.image_of_caption())
     write_dense_jsonl(tmp_path / "s.jsonl", texts)
@@ -149,6 +182,10 @@ def test_the_command_writes_the_standin_of_the_noisy_pairing_and_refuses_to_over
     index, _ = load_noise(noise, "per_caption", n_images=split.n_images, n_captions=split.n_captions)
     pairing = caption_to_image("per_caption", index, split.n_images, split.captions_per_image)
     assert read_dense_texts(out, split).texts == standin_dense_texts(split.captions, pairing)
+    filtered = tmp_path / "consensus.jsonl"
+    assert main(["dense-standin", str(filtered), "--consensus", *sets]) == 0
+    keep = consensus_keep(split.captions, pairing)
+    assert read_dense_texts(filtered, split).texts == standin_dense_texts(split.captions, pairing, keep=keep)
     before = out.read_bytes()
     assert main(["dense-standin", str(out), *sets]) == 2
     assert "an existing file" in capsys.readouterr().err and out.read_bytes() == before

@@ -12,7 +12,13 @@ import pytest
 
 from noisycorr.cli.main import main
 from noisycorr.config import load_config
-from noisycorr.data.dense import STANDIN_FILE, DenseTexts, read_dense_texts, standin_dense_texts
+from noisycorr.data.dense import (
+    STANDIN_FILE,
+    DenseTexts,
+    consensus_keep,
+    read_dense_texts,
+    standin_dense_texts,
+)
 from noisycorr.data.noise import caption_to_image, load_noise, make_per_caption_noise, save_noise
 from noisycorr.data.precomp import PrecompSplit, load_precomp
 from noisycorr.data.synthetic import write_synthetic
@@ -157,3 +163,30 @@ def test_a_resumed_standin_without_its_pairing_record_is_refused(
         run_standin(tmp_path, split, pairing, resuming=True)
     shutil.copy(f"{run[0] / STANDIN_FILE}.pairing.json", tmp_path)
     assert run_standin(tmp_path, split, pairing, resuming=True).texts == standin_dense_texts(split.captions, pairing)
+
+
+def test_a_consensus_standin_run_filters_the_noisy_pairing_as_given_and_writes_what_the_command_writes(
+    root: Path, split: PrecompSplit, tmp_path: Path
+) -> None:
+    sets = _sets(root, tmp_path / "run", tmp_path / "noise.npy", **{"data.dense_captions": "standin-consensus"})
+    with pytest.MonkeyPatch.context() as mp:
+        spy = SpySources(mp)
+        calls: list[np.ndarray] = []
+        real = consensus_keep
+
+        def keep_spy(captions, pair_image, **kwargs):
+            calls.append(np.asarray(pair_image).copy())
+            return real(captions, pair_image, **kwargs)
+
+        mp.setattr("noisycorr.data.dense.consensus_keep", keep_spy)
+        train(load_config(None, sets))
+    pairing = _noisy_pairing(tmp_path / "noise.npy", split)
+    assert calls and all(np.array_equal(c, pairing) for c in calls)  # the noisy pairing, never the true one
+    keep = real(split.captions, pairing)
+    assert not keep.all()
+    expected = standin_dense_texts(split.captions, pairing, keep=keep)
+    assert [s.texts for s in spy.seen] == [expected] * 2
+    cmd = tmp_path / "cmd.jsonl"
+    assert main(["dense-standin", str(cmd), "--consensus", *[a for s in sets for a in ("--set", s)]]) == 0
+    for folder in (tmp_path / "run", tmp_path / "run" / "stage1"):
+        assert (folder / STANDIN_FILE).read_bytes() == cmd.read_bytes()

@@ -300,16 +300,18 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 def cmd_dense_standin(args: argparse.Namespace) -> int:
     """Write the stand-in dense texts of a config's training pairs (the pairing as the run gets it)."""
-    from noisycorr.data.dense import standin_dense_texts, write_dense_jsonl
+    from noisycorr.data.dense import consensus_keep, standin_dense_texts, write_dense_jsonl
     from noisycorr.engine.setup import prepare_data
 
     out = _new_output_file(args.output, "the dense texts (OUTPUT)", force=args.force)
     cfg = _config(args)
     data = prepare_data(cfg, with_test=False)
-    texts = standin_dense_texts(data.train.captions, data.caption_image)
+    keep = consensus_keep(data.train.captions, data.caption_image) if args.consensus else None
+    texts = standin_dense_texts(data.train.captions, data.caption_image, keep=keep)
     write_dense_jsonl(out, texts, key="caption", pair_image=data.caption_image)
     missing = sum(t is None for t in texts)
     print(json.dumps({"output": str(out), "pairs": len(texts), "without_text": missing,
+                      "captions_kept": None if keep is None else int(keep.sum()),
                       "noise_rate": cfg.noise.rate, "noise_protocol": cfg.noise.protocol}, indent=2))
     return 0
 
@@ -517,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "other captions on its image, under the config's (noisy) pairing")
     p.add_argument("output", help="the JSON-lines file to write (data.dense_captions of the D2S run)")
     _add_config_args(p)
+    p.add_argument("--consensus", action="store_true", help="leave out the captions that share few rare words "
+                   "with the other captions of their image (as data.dense_captions: standin-consensus)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT")
     p.set_defaults(func=cmd_dense_standin)
 

@@ -13,8 +13,9 @@ from noisycorr import distributed as dist
 from noisycorr.config import Config
 from noisycorr.data.dataset import PairBatch, PairDataset, make_loader
 from noisycorr.data.dense import (
-    STANDIN,
+    STANDIN_CONSENSUS,
     STANDIN_FILE,
+    STANDINS,
     DensePairDataset,
     dense_train_set,
     run_standin,
@@ -115,8 +116,9 @@ class PairTask:
         """The run's data; with ``data.dense_captions: standin``, its stand-in dense texts too (built from
         the noisy training pairing, or read back from the run folder when resuming)."""
         data = prepare_data(cfg)
-        if cfg.data.dense_captions == STANDIN:
-            data.dense = run_standin(paths.root, data.train, data.caption_image, resuming=resuming)
+        if cfg.data.dense_captions in STANDINS:
+            data.dense = run_standin(paths.root, data.train, data.caption_image, resuming=resuming,
+                                     consensus=cfg.data.dense_captions == STANDIN_CONSENSUS)
         return data
 
     def build_method(self, cfg: Config, data: PreparedData) -> Method:
@@ -128,7 +130,7 @@ class PairTask:
         options = {"train": True, "region_drop": cfg.data.region_drop, "token_aug": cfg.data.token_aug,
                    "seed": cfg.train.seed}
         if cfg.data.dense_captions:
-            source = data.dense if cfg.data.dense_captions == STANDIN else cfg.data.dense_captions
+            source = data.dense if cfg.data.dense_captions in STANDINS else cfg.data.dense_captions
             return dense_train_set(data.train, data.vocab, data.caption_image, source,
                                    train_text=cfg.data.train_text, **options)
         return PairDataset(data.train, data.vocab, data.caption_image, **options)
