@@ -12,7 +12,8 @@ How it sits in the library:
 
 - The dense texts are data (``data.dense_captions``, :mod:`noisycorr.data.dense`): each training
   pair carries the dense text of the image it is paired with *as given*. With ``standin`` each
-  stage builds the stand-in from its own (noisy) training pairing into its run folder.
+  stage builds the stand-in from its own (noisy) training pairing into its run folder;
+  ``standin-consensus`` leaves out the captions that disagree with the others of their image.
 - Stage 1 is a run of its own: the base method (``vanilla`` or ``ncr``) with
   ``data.train_text=dense`` for ``stage1_epochs`` epochs, in ``stage1_dir`` (default
   ``<run.out_dir>/stage1``). The engine trains it before stage 2 in the same command, resumes it
