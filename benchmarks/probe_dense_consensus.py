@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from noisycorr.data.dense import caption_consensus, consensus_keep, standin_dense_texts
+from noisycorr.data.noise import caption_to_image, load_noise
 from noisycorr.data.precomp import load_precomp
 from noisycorr.eval.detection import detection_metrics
 
@@ -34,7 +35,8 @@ def main() -> None:
     split = load_precomp(args.root, "train")
     truth_image = split.image_of_caption()
     for path in args.noise:
-        pairing = np.load(path).astype(np.int64)
+        index, _ = load_noise(path, "per_caption", n_images=split.n_images, n_captions=split.n_captions)
+        pairing = caption_to_image("per_caption", index, split.n_images, split.captions_per_image)
         truth = pairing == truth_image
         score = caption_consensus(split.captions, pairing)
         keep = consensus_keep(split.captions, pairing)
