@@ -99,3 +99,26 @@ def test_an_mscn_run_killed_mid_training_resumes_to_the_uninterrupted_end(small_
     assert res_a["test"] == res_b["test"]
     strip = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(ref)]
     assert strip == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in metric_rows(run)]
+
+
+# mutant killed: the warm-up of backbone mode without the meta BCE (the meta-nets stay at their start)
+def test_backbone_scoring_teaches_the_meta_net_in_the_warm_up(small_root, tmp_path, monkeypatch):
+    from noisycorr.methods.mscn import MSCN
+
+    start: dict[str, torch.Tensor] = {}
+    real = MSCN.on_epoch_start
+
+    def spy(self, epoch, ctx):
+        if not start:
+            start.update({f"net_{x}.meta.{k}": v.clone() for x, net in (("a", self.net_a), ("b", self.net_b))
+                          for k, v in net.meta.state_dict().items()})
+        return real(self, epoch, ctx)
+
+    monkeypatch.setattr(MSCN, "on_epoch_start", spy)
+    out = tmp_path / "r"
+    train(load_config("demo", tiny_overrides(small_root, out, **{**TINY, "train.epochs": 1,
+                                                                  "method.score": "backbone"})))
+    rows = metric_rows(out)
+    assert float(rows[0]["warmup"]) == 1.0 and float(rows[0]["meta_bce"]) > 0
+    end = load_state(out / "checkpoint.pt")["method"]
+    assert start and all(not torch.equal(v, end[k]) for k, v in start.items())

@@ -49,7 +49,7 @@ def test_the_functional_virtual_step_equals_a_copied_network_stepped_by_its_opti
     opt = opt_cls(net.net.parameters(), lr=lr, weight_decay=wd)
     for k in range(3):  # real steps first: non-trivial moments and step counts
         opt.zero_grad()
-        method.batch_loss(net(*_inputs(random_batch(8, 10 * k)))).backward()
+        method.batch_loss(*net(*_inputs(random_batch(8, 10 * k)), both=True)).backward()
         opt.step()
     batch = random_batch(8, 100)
     virtual, _ = method.virtual_backbone(net, batch, opt, clip=0.01)  # a clip that bites
@@ -57,7 +57,7 @@ def test_the_functional_virtual_step_equals_a_copied_network_stepped_by_its_opti
     twin = copy.deepcopy(net)
     twin_opt = opt_cls(twin.net.parameters(), lr=lr, weight_decay=wd)
     twin_opt.load_state_dict(opt.state_dict())
-    method.batch_loss(twin(*_inputs(batch))).backward()
+    method.batch_loss(*twin(*_inputs(batch), both=True)).backward()
     norm = torch.nn.utils.clip_grad_norm_(twin.net.parameters(), 0.01)
     assert norm > 0.01
     twin_opt.step()
@@ -102,7 +102,8 @@ def test_negatives_choose_the_hardest_or_the_mean_violation_with_each_pairs_own_
     for negatives, expected in (("hardest", hardest), ("mean", mean)):
         method = MSCN(MSCN.Config(negatives=negatives, warmup_epochs=0),
                       lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
-        assert method.batch_loss(scores).item() == pytest.approx(expected.item(), rel=1e-6), negatives
+        loss = method.batch_loss(scores, scores.diagonal())
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6), negatives
     assert hardest > mean  # the two choices differ on this matrix
     with pytest.raises(InputError, match="method.negatives"):
         MSCN(MSCN.Config(negatives="all"), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
@@ -237,7 +238,7 @@ def test_a_fresh_residual_head_is_a_sigmoid_of_the_scaled_cosine_and_learns_its_
     assert torch.allclose(net.similarity(img, txt), torch.sigmoid(7.0 * cosine), atol=1e-6)
     assert "meta.scale" in dict(net.named_parameters())
     net.train()
-    method.batch_loss(net(*_inputs(batch))).backward()
+    method.batch_loss(*net(*_inputs(batch), both=True)).backward()
     assert net.meta.scale.grad is not None and net.meta.scale.grad.abs() > 0
     authors = MSCN(MSCN.Config(warmup_epochs=0), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
     assert authors.net_a.meta.scale is None
@@ -266,3 +267,37 @@ def test_shortlist_evaluation_scores_with_the_meta_net_not_the_backbone_head():
     scored = (short - exact).abs() < 1e-5
     assert scored.sum(1).min() >= 3 and not scored.all()
     assert ((short - head).abs() > 1e-3)[scored].all()  # meta-net scores, not SGRAF's own head
+
+
+# mutant killed: similarity() through the meta-net in backbone mode (eval no longer the cosine)
+# mutant killed: margins from the scores' diagonal (the cosine) instead of the meta-net's p
+# mutant killed: margins detached in the virtual step of backbone mode (no meta gradient through the margins)
+def test_backbone_scoring_retrieves_by_the_cosine_and_takes_margins_and_meta_gradient_from_the_meta_net():
+    torch.manual_seed(0)
+    method = MSCN(MSCN.Config(warmup_epochs=0, score="backbone", meta_hidden=5, negatives="mean"),
+                  lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))
+    net = method.net_a.train()
+    batch = random_batch(8, 3)
+    img, txt = net.encode_images(batch.images), net.encode_texts(batch.tokens, batch.lengths)
+    torch.testing.assert_close(net.similarity(img, txt), img @ txt.t())  # retrieval: the backbone's cosine
+    scores, p = net(*_inputs(batch), both=True)
+    torch.testing.assert_close(scores, img @ txt.t())
+    torch.testing.assert_close(p, net.meta(net.net.pair_vectors(img, txt)))
+    assert not torch.allclose(p, scores.diagonal(), atol=1e-3)
+    d = scores.diagonal()
+    m = mscn_margin(p, 0.2)
+    cap = (m[:, None] + scores - d[:, None]).clamp(min=0).fill_diagonal_(0)
+    im = (m[None, :] + scores - d[None, :]).clamp(min=0).fill_diagonal_(0)
+    expected = float((cap.sum(1) + im.sum(0)).sum() / 7)  # the mean over 7 negatives
+    assert method.batch_loss(scores, p).detach().item() == pytest.approx(expected, rel=1e-5)
+
+    opt = torch.optim.Adam(net.net.parameters(), lr=0.05)
+    virtual, _ = method.virtual_backbone(net, batch, opt, clip=0.0)
+    total = sum(v.sum() for v in virtual.values())
+    grads = torch.autograd.grad(total, list(net.meta.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().max() > 0 for g in grads)  # the meta-net shapes the virtual update
+    # the real step's loss does not reach the meta-net
+    real = method.batch_loss(scores, p)
+    assert all(g is None for g in torch.autograd.grad(real, list(net.meta.parameters()), allow_unused=True))
+    with pytest.raises(InputError, match="method.score"):
+        MSCN(MSCN.Config(score="cosine"), lambda: VSE(vocab_size=30, img_dim=8, embed_size=12, word_dim=6))

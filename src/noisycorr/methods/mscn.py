@@ -46,6 +46,13 @@ Choices the paper leaves open and deviations from the authors' code (hhc1997/MSC
   learned head has degenerate minima that a cosine does not (every score saturated near 1, where the hinge
   is just the margin; every score near 0, where the soft margin and so the hinge vanish), and a backbone
   reaches them in a few dozen steps when most rows still violate the margin (README, MSCN).
+- ``score: backbone`` (not the authors'): the backbone's own score (VSE's cosine) retrieves and takes the
+  hinge; the meta-net only gives p, for the soft margins and the Beta-mixture split. The authors' meta-net
+  replaces SGRAF's learned head ``sim_eval_w``; VSE has no learned head, and a meta-net in the cosine's place
+  ranks worse than the cosine (README, MSCN). In this mode the margins in the *virtual* step keep their
+  graph in the meta-net's weights (as MW-Net's sample weights), so the meta loss reaches the meta-net through
+  the virtual update as well as directly; in the real step they are fixed. The warm-up trains the backbone
+  with the plain hinge and the meta-net with its BCE on meta batches over the backbone's detached vectors.
 - ``meta_head: residual`` (not the authors') adds a learned multiple of ``mean(v)`` to the meta-net's logit
   and starts its MLP at zero: on VSE, where the meta-net replaces the cosine rather than a learned head,
   a fresh head then ranks as the cosine (README, MSCN). Default ``mlp``, the authors' meta-net.
@@ -81,6 +88,7 @@ from noisycorr.selection import BetaMixture1D, Selection, split_clean
 VIRTUAL_STEPS = ("adam", "sgd")
 MARGIN_OF = ("pair", "authors")
 META_HEADS = ("mlp", "residual")
+SCORES = ("meta", "backbone")
 SCORE_EPS = 1e-3  # the authors clip scores into [1e-3, 1 - 1e-3] before the Beta mixture
 _META_STREAM = 0x4D53
 
@@ -127,10 +135,13 @@ class MetaScored(Backbone):
         hidden: the meta-net's hidden size.
         chunk_pairs: at most this many (image, caption) vectors are held at once by ``similarity``.
         residual_scale: None for the authors' meta-net, else the starting cosine scale of a residual one.
+        meta_scores: True: the meta-net is the score (the authors'); False: ``similarity`` and the (B, B)
+            scores are the backbone's own, and the meta-net gives only the pair scores p.
     """
 
     def __init__(
-        self, net: Backbone, hidden: int = 64, chunk_pairs: int = 1 << 14, residual_scale: float | None = None
+        self, net: Backbone, hidden: int = 64, chunk_pairs: int = 1 << 14, residual_scale: float | None = None,
+        meta_scores: bool = True,
     ):
         super().__init__()
         if net.vector_dim <= 0:
@@ -140,6 +151,7 @@ class MetaScored(Backbone):
         self.meta = MetaNet(net.vector_dim, hidden, residual_scale)
         self.image_input = net.image_input
         self.chunk_pairs = chunk_pairs
+        self.meta_scores = meta_scores
 
     def encode_images(self, images: Tensor) -> Tensor:
         return self.net.encode_images(images)
@@ -148,7 +160,10 @@ class MetaScored(Backbone):
         return self.net.encode_texts(tokens, lengths)
 
     def similarity(self, img_emb: Tensor, txt_emb: Tensor, txt_lengths: Tensor | None = None) -> Tensor:
-        """(n_img, ...), (n_txt, ...) -> (n_img, n_txt) meta-net scores, in blocks of images."""
+        """(n_img, ...), (n_txt, ...) -> (n_img, n_txt) meta-net scores, in blocks of images (the backbone's
+        own scores when ``meta_scores`` is False)."""
+        if not self.meta_scores:
+            return self.net.similarity(img_emb, txt_emb, txt_lengths)
         rows = max(1, self.chunk_pairs // max(1, txt_emb.shape[0]))
         out = [
             self.meta(self.net.similarity_vectors(img_emb[i : i + rows], txt_emb, txt_lengths))
@@ -160,12 +175,19 @@ class MetaScored(Backbone):
         """(B,) meta-net score of each pair (image b, caption b) of ``batch``."""
         return self(batch.images, batch.tokens, batch.lengths, pairs=True)
 
-    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, pairs: bool = False) -> Tensor:
+    def forward(
+        self, images: Tensor, tokens: Tensor, lengths: Tensor, pairs: bool = False, both: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, B) scores of the batch; ``pairs``: (B,) meta-net scores p of its pairs; ``both``: the two."""
         img = self.net.encode_images(images)
         txt = self.net.encode_texts(tokens, lengths)
         if pairs:
             return self.meta(self.net.pair_vectors(img, txt, lengths))
-        return self.similarity(img, txt, lengths)
+        scores = self.similarity(img, txt, lengths)
+        if not both:
+            return scores
+        p = scores.diagonal() if self.meta_scores else self.meta(self.net.pair_vectors(img, txt, lengths))
+        return scores, p
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
@@ -265,6 +287,9 @@ class MSCN(CoTeachingMethod):
         meta_hidden: int = 64
         # mlp: the authors' meta-net; residual: sigmoid(scale * mean(v) + mlp(v)), starting as the cosine (VSE)
         meta_head: str = "mlp"
+        # meta: the meta-net is the score (the authors'); backbone: the backbone's score retrieves and takes the
+        # hinge, the meta-net gives p for the margins and the split
+        score: str = "meta"
         residual_scale: float = 10.0  # the residual head's starting scale (learned)
         meta_interval: int = 1  # a virtual step every k-th batch of a phase
         meta_batch_size: int | None = None  # meta pairs per meta batch (positives and negatives); None: train batch
@@ -279,7 +304,7 @@ class MSCN(CoTeachingMethod):
 
     def __init__(self, cfg: Config, build_backbone: Callable[[], Backbone]):
         for key, allowed in (("virtual_step", VIRTUAL_STEPS), ("margin_of", MARGIN_OF), ("negatives", NEGATIVES),
-                             ("meta_head", META_HEADS)):
+                             ("meta_head", META_HEADS), ("score", SCORES)):
             if getattr(cfg, key) not in allowed:
                 raise InputError(f"method.{key}", f"one of {list(allowed)}", repr(getattr(cfg, key)))
         for key in ("meta_interval", "meta_hidden", "eval_chunk_pairs"):
@@ -292,7 +317,10 @@ class MSCN(CoTeachingMethod):
         if not cfg.residual_scale > 0:
             raise InputError("method.residual_scale", "a number > 0", repr(cfg.residual_scale))
         residual = float(cfg.residual_scale) if cfg.meta_head == "residual" else None
-        super().__init__(cfg, lambda: MetaScored(build_backbone(), cfg.meta_hidden, cfg.eval_chunk_pairs, residual))
+        by_meta = cfg.score == "meta"
+        super().__init__(
+            cfg, lambda: MetaScored(build_backbone(), cfg.meta_hidden, cfg.eval_chunk_pairs, residual, by_meta)
+        )
         self._meta: Any = None  # the context's meta set (MetaPairs), set at each epoch start
         self._held = np.zeros(0, dtype=np.int64)
         self._plan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # meta captions, images, labels
@@ -401,14 +429,16 @@ class MSCN(CoTeachingMethod):
 
     # ------------------------------------------------------------------ the training step
 
-    def _margins(self, scores: Tensor) -> Tensor:
-        m = mscn_margin(scores.diagonal().detach(), self.cfg.margin)
+    def _margins(self, scores: Tensor, p: Tensor, keep_graph: bool) -> Tensor:
+        m = mscn_margin(p if keep_graph else p.detach(), self.cfg.margin)
         return m[None, :].expand(scores.shape) if self.cfg.margin_of == "authors" else m
 
-    def batch_loss(self, scores: Tensor) -> Tensor:
-        """The hinge (hardest or mean negative, ``negatives``) with MSCN's soft margins from the (B, B) scores'
-        own diagonal."""
-        return triplet_loss(scores, self._margins(scores), hardest=self.cfg.negatives == "hardest")
+    def batch_loss(self, scores: Tensor, p: Tensor, *, virtual: bool = False) -> Tensor:
+        """The hinge (hardest or mean negative, ``negatives``) on the (B, B) scores with MSCN's soft margins
+        from the pairs' (B,) meta-net scores p (detached, except in a ``virtual`` step with ``score: backbone``,
+        where they carry the meta-net's gradient)."""
+        keep = virtual and self.cfg.score == "backbone"
+        return triplet_loss(scores, self._margins(scores, p, keep), hardest=self.cfg.negatives == "hardest")
 
     def next_meta_batch(self, size: int) -> tuple[PairBatch, Tensor]:
         """The next ``size`` meta pairs of this epoch's plan (cycling) and their (size,) labels."""
@@ -418,6 +448,17 @@ class MSCN(CoTeachingMethod):
         self._cursor = int(take[-1]) + 1
         return self._meta.batch(captions[take], images[take]), torch.from_numpy(labels[take])
 
+    def warmup_meta_loss(self, net: MetaScored, size: int, device: torch.device) -> Tensor:
+        """The meta-net's BCE on the next meta batch over the backbone's detached pair vectors (scalar)."""
+        meta_batch, labels = self.next_meta_batch(self.cfg.meta_batch_size or size)
+        meta_batch = meta_batch.to(device)
+        with torch.no_grad():
+            img = net.net.encode_images(meta_batch.images)
+            txt = net.net.encode_texts(meta_batch.tokens, meta_batch.lengths)
+            vectors = net.net.pair_vectors(img, txt, meta_batch.lengths)
+        out = net.meta(vectors).float()
+        return nn.functional.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), labels.to(out.device))
+
     def virtual_backbone(
         self, net: MetaScored, batch: PairBatch, optimizer: torch.optim.Optimizer, clip: float
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -426,7 +467,9 @@ class MSCN(CoTeachingMethod):
         owners = {f"net.{k}": p for k, p in net.net.named_parameters() if p.requires_grad}
         params = {k: p.detach().requires_grad_() for k, p in owners.items()}
         buffers = {f"net.{k}": b.clone() for k, b in net.net.named_buffers()}
-        loss = self.batch_loss(functional_call(net, {**params, **buffers}, (batch.images, batch.tokens, batch.lengths)))
+        scores, p = functional_call(net, {**params, **buffers}, (batch.images, batch.tokens, batch.lengths),
+                                    {"both": True})
+        loss = self.batch_loss(scores, p, virtual=True)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
         grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         return virtual_step(params, grads, optimizer, owners, kind=self.cfg.virtual_step, clip=clip), buffers
@@ -454,8 +497,15 @@ class MSCN(CoTeachingMethod):
         net = self.nets()[phase]
         if self.in_warmup(epoch):
             loss = triplet_loss(net(batch.images, batch.tokens, batch.lengths), self.cfg.margin, hardest=False)
+            logs_w: dict[str, float] = {}
+            if self.cfg.score == "backbone":  # the hinge does not reach the meta-net: teach it on the meta set
+                meta_loss = self.warmup_meta_loss(net, len(batch), batch.images.device)
+                logs_w["meta_bce"] = float(meta_loss.detach())
+                loss_all = loss + meta_loss
+            else:
+                loss_all = loss
             control.zero_grad()
-            control.backward(loss)
+            control.backward(loss_all)
             meta_opt = control.optimizer("meta")
             lrs = [g["lr"] for g in meta_opt.param_groups]
             for g in meta_opt.param_groups:  # the meta-net learns at the backbone's rate in the warm-up
@@ -465,16 +515,16 @@ class MSCN(CoTeachingMethod):
             finally:
                 for g, lr in zip(meta_opt.param_groups, lrs):
                     g["lr"] = lr
-            return {f"warmup_{phase}": loss.detach()}, {}
+            return {f"warmup_{phase}": loss.detach()}, logs_w
         logs: dict[str, float] = {}
         k = self._batches[phase] = self._batches.get(phase, 0) + 1
         if k % self.cfg.meta_interval == 0:
             logs["meta_bce"] = self.meta_update(net, batch, control)
         with _frozen(net.meta):
-            scores = net(batch.images, batch.tokens, batch.lengths)
-            loss = self.batch_loss(scores)
+            scores, p = net(batch.images, batch.tokens, batch.lengths, both=True)
+            loss = self.batch_loss(scores, p)
             control.zero_grad("main")
             control.backward(loss)
             control.step("main")
-        logs["p_train"] = float(scores.diagonal().detach().float().mean())
+        logs["p_train"] = float(p.detach().float().mean())
         return {f"train_{phase}": loss.detach()}, logs
