@@ -6,6 +6,7 @@ plain real step (no virtual step, ``meta_interval`` larger than the run), the bi
 ``meta_interval`` k. Prints one JSON object (seconds per step, ratio to the plain step).
 
     python benchmarks/bench_mscn_step.py --backbone vse --batch 128 --regions 16 --img-dim 1280 --embed 256
+    python benchmarks/bench_mscn_step.py --score backbone   # method.score backbone: the cosine takes the hinge
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def build(args: argparse.Namespace, interval: int) -> tuple[MSCN, Stepper]:
     if args.backbone == "sgraf":
         kwargs.update(head=args.head, num_regions=args.regions)
     torch.manual_seed(0)
-    cfg = MSCN.Config(warmup_epochs=0, meta_interval=interval)
+    cfg = MSCN.Config(warmup_epochs=0, meta_interval=interval, score=args.score)
     method = MSCN(cfg, lambda: create_backbone(args.backbone, **kwargs))
     train = TrainConfig(optimizer="adam", lr=2e-4, grad_clip=2.0)
     optimizers = Optimizers(method, train)
@@ -85,6 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="vse", choices=["vse", "sgraf"])
     p.add_argument("--head", default="saf")
+    p.add_argument("--score", default="meta", choices=["meta", "backbone"], help="method.score")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--regions", type=int, default=16)
     p.add_argument("--img-dim", type=int, default=1280)
@@ -101,7 +103,7 @@ def main() -> None:
     plain = seconds_per_step(args, 10**9, args.steps)
     meta = seconds_per_step(args, 1, args.steps)
     out = {
-        "backbone": args.backbone, "batch": args.batch, "threads": args.threads,
+        "backbone": args.backbone, "score": args.score, "batch": args.batch, "threads": args.threads,
         "plain_seconds_per_step": round(plain, 4),
         "bilevel_seconds_per_step": round(meta, 4),
         "bilevel_over_plain": round(meta / plain, 2),
