@@ -288,7 +288,7 @@ def test_backbone_scoring_retrieves_by_the_cosine_and_takes_margins_and_meta_gra
     m = mscn_margin(p, 0.2)
     cap = (m[:, None] + scores - d[:, None]).clamp(min=0).fill_diagonal_(0)
     im = (m[None, :] + scores - d[None, :]).clamp(min=0).fill_diagonal_(0)
-    expected = float((cap.sum(1) + im.sum(0)).sum() / 7)  # the mean over 7 negatives
+    expected = float((cap.sum(1) + im.sum(0)).sum().detach() / 7)  # the mean over 7 negatives
     assert method.batch_loss(scores, p).detach().item() == pytest.approx(expected, rel=1e-5)
 
     opt = torch.optim.Adam(net.net.parameters(), lr=0.05)

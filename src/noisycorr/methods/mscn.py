@@ -99,6 +99,12 @@ def mscn_margin(p: Tensor, margin: float) -> Tensor:
     return margin * p.pow(2) / (p.pow(2) + (1.0 - p).pow(2))
 
 
+def meta_bce(p: Tensor, labels: Tensor) -> Tensor:
+    """The meta loss: mean BCE of (n,) match probabilities p against (n,) 0/1 labels, p clamped off 0 and 1."""
+    p = p.float()
+    return nn.functional.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), labels.to(p.device))
+
+
 class MetaNet(nn.Module):
     """The authors' meta-net: Linear(S, hidden), ReLU, Linear(hidden, 1), sigmoid; (..., S) -> (...).
 
@@ -456,8 +462,7 @@ class MSCN(CoTeachingMethod):
             img = net.net.encode_images(meta_batch.images)
             txt = net.net.encode_texts(meta_batch.tokens, meta_batch.lengths)
             vectors = net.net.pair_vectors(img, txt, meta_batch.lengths)
-        out = net.meta(vectors).float()
-        return nn.functional.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), labels.to(out.device))
+        return meta_bce(net.meta(vectors), labels)
 
     def virtual_backbone(
         self, net: MetaScored, batch: PairBatch, optimizer: torch.optim.Optimizer, clip: float
@@ -482,8 +487,7 @@ class MSCN(CoTeachingMethod):
         meta_batch, labels = self.next_meta_batch(self.cfg.meta_batch_size or len(batch))
         meta_batch = meta_batch.to(batch.images.device)
         meta_inputs = (meta_batch.images, meta_batch.tokens, meta_batch.lengths)
-        out = functional_call(net, {**virtual, **buffers}, meta_inputs, {"pairs": True}).float()
-        meta_loss = nn.functional.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), labels.to(out.device))
+        meta_loss = meta_bce(functional_call(net, {**virtual, **buffers}, meta_inputs, {"pairs": True}), labels)
         control.zero_grad("meta")
         control.backward(meta_loss)
         control.step("meta")
