@@ -111,3 +111,25 @@ def test_rsum_plot_axis_is_in_percent(tiny_root, tmp_path, monkeypatch):
     assert "(%)" in ax.get_xlabel()
     assert list(ax.get_xticks()) == [0.0, 20.0, 50.0]
     assert list(ax.lines[0].get_xdata()) == [0.0, 20.0, 50.0]
+
+
+def test_one_rate_plots_a_bar_per_method_with_its_mean(tiny_root, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from noisycorr.bench.report import CellRecord, _plot_group
+    from noisycorr.bench.spec import spec_from_dict
+
+    spec = spec_from_dict(tiny_spec(tiny_root, tmp_path / "b", rates=(0.6,)), "spec.yaml")
+    rsum = {("vanilla", 0): 100.0, ("vanilla", 1): 110.0, ("ncr", 0): 150.0, ("ncr", 1): 154.0}
+    records = [CellRecord(c, "done", rsum=rsum[(c.method, c.seed)]) for c in spec.cells()]
+    axes = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: axes.extend(fig.axes) or real_close(fig))
+    _plot_group(spec, records, "tiny", "per_caption", [0.6], ["vanilla", "ncr"], tmp_path)
+    ax = axes[0]
+    widths = {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert widths == {"vanilla (n=2)": 105.0, "ncr (n=2)": 152.0}
+    assert "60 %" in ax.get_title()

@@ -312,6 +312,28 @@ def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[
     return "\n".join(out)
 
 
+def _rsum_bars(plt, records: Sequence[CellRecord], dataset: str, protocol: str, rate: float,
+               methods: list[str]):
+    """One noise rate: a horizontal bar per method (mean test rSum, sd whisker, seeds counted in the label)."""
+    names, means, sds = [], [], []
+    for method in methods:
+        s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+        if s.n:
+            names.append(f"{method} (n={s.n})")
+            means.append(s.mean)
+            sds.append(0.0 if math.isnan(s.sd) else s.sd)
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.35 * max(len(names), 1)))
+    ys = list(range(len(names)))[::-1]
+    ax.barh(ys, means, xerr=sds, capsize=3, color=[f"C{i % 10}" for i in range(len(names))])
+    for y, m, e in zip(ys, means, sds):
+        ax.text(m + e, y, f" {m:.1f}", va="center", fontsize=8)
+    ax.set(yticks=ys, yticklabels=names, xlabel="test rSum",
+           title=f"{dataset}: rSum at {rate * 100:g} % {protocol} noise")
+    if means:
+        ax.set_xlim(0, max(m + e for m, e in zip(means, sds)) * 1.12)
+    return fig, ax
+
+
 def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, protocol: str, rates: list[float],
                 methods: list[str], out: Path) -> list[str]:
     """rSum against noise rate per method; ROC curves per noisy rate (first finished seed per method)."""
@@ -323,22 +345,25 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
     from noisycorr.eval.detection import roc_points
 
     written = []
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for method in methods:
-        xs, ys, es = [], [], []
-        for rate in rates:
-            s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
-            if s.n:
-                xs.append(rate * 100)
-                ys.append(s.mean)
-                es.append(0.0 if math.isnan(s.sd) else s.sd)
-        if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=f"C{methods.index(method)}")
-    # x in percent, as the label says, with a tick at every rate of the grid
-    ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise",
-           xticks=[rate * 100 for rate in rates])
+    if len(rates) == 1:
+        fig, ax = _rsum_bars(plt, records, dataset, protocol, rates[0], methods)
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for method in methods:
+            xs, ys, es = [], [], []
+            for rate in rates:
+                s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+                if s.n:
+                    xs.append(rate * 100)
+                    ys.append(s.mean)
+                    es.append(0.0 if math.isnan(s.sd) else s.sd)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=f"C{methods.index(method)}")
+        # x in percent, as the label says, with a tick at every rate of the grid
+        ax.set(xlabel=f"{protocol} noise rate (%)", ylabel="test rSum", title=f"{dataset}: rSum vs. noise",
+               xticks=[rate * 100 for rate in rates])
+        ax.legend()
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     name = f"rsum_{dataset}_{protocol}.png"
     _save(fig, out / name)
