@@ -312,12 +312,17 @@ def markdown_report(spec: BenchSpec, records: Sequence[CellRecord], plots: dict[
     return "\n".join(out)
 
 
+def _rsum_stat(records: Sequence[CellRecord], dataset: str, protocol: str, rate: float, method: str) -> Stat:
+    """Test rSum over the finished seeds of one (dataset, protocol, rate, method)."""
+    return aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+
+
 def _rsum_bars(plt, records: Sequence[CellRecord], dataset: str, protocol: str, rate: float,
                methods: list[str]):
     """One noise rate: a horizontal bar per method (mean test rSum, sd whisker, seeds counted in the label)."""
     names, means, sds = [], [], []
     for method in methods:
-        s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+        s = _rsum_stat(records, dataset, protocol, rate, method)
         if s.n:
             names.append(f"{method} (n={s.n})")
             means.append(s.mean)
@@ -352,7 +357,7 @@ def _plot_group(spec: BenchSpec, records: Sequence[CellRecord], dataset: str, pr
         for method in methods:
             xs, ys, es = [], [], []
             for rate in rates:
-                s = aggregate([r.rsum for r in _pick(records, dataset, protocol, rate, method) if r.status == "done"])
+                s = _rsum_stat(records, dataset, protocol, rate, method)
                 if s.n:
                     xs.append(rate * 100)
                     ys.append(s.mean)
