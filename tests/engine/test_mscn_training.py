@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from dist_helpers import metric_rows
-from engine_helpers import tiny_overrides
+from engine_helpers import assert_same_training, tiny_overrides, use_random_truth_mask
 from threadpoolctl import threadpool_limits
 
 from noisycorr.config import load_config
@@ -122,3 +122,13 @@ def test_backbone_scoring_teaches_the_meta_net_in_the_warm_up(small_root, tmp_pa
     assert float(rows[0]["warmup"]) == 1.0 and float(rows[0]["meta_bce"]) > 0
     end = load_state(out / "checkpoint.pt")["method"]
     assert start and all(not torch.equal(v, end[k]) for k, v in start.items())
+
+
+# mutant killed: the engine hands the method the true mask and the purification keeps only truly clean pairs
+def test_mscn_training_is_bit_identical_whatever_the_ground_truth_mask(small_root, tmp_path, monkeypatch):
+    train(_cfg(small_root, tmp_path / "true"))
+    use_random_truth_mask(monkeypatch)
+    train(_cfg(small_root, tmp_path / "fake"))
+    assert_same_training(tmp_path / "true", tmp_path / "fake")
+    rows_a, rows_b = metric_rows(tmp_path / "true"), metric_rows(tmp_path / "fake")
+    assert rows_a[1]["det_A_auc"] != rows_b[1]["det_A_auc"]  # the swapped mask did reach the scoring
